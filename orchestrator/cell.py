@@ -1,0 +1,177 @@
+"""Run one benchmark cell: compressed set -> Ray Data -> Ray Train -> evaluation -> MLflow run.
+
+`run_cell` is the one function that `run`, every Tune trial, the teacher and the tests call. A cell
+is identified by its name (method, IPC, label mode, model, seed and a hash of every setting that can
+change the result); a finished cell is not trained again, an unfinished one resumes from its last
+Ray Train checkpoint and keeps its MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import tracking
+from orchestrator.config import Config, cell_name, to_dict
+from orchestrator.data.pipeline import train_dataset, val_dataset
+from orchestrator.data.sources import check_class_sets
+from orchestrator.methods import PreparedSet, build_training_set, build_val_set, load_train_source, \
+    load_val_source
+from orchestrator.runtime import init_ray, use_gpu
+from orchestrator.teachers import resolve_teacher
+
+
+@dataclass
+class CellResult:
+    name: str
+    run_id: str
+    summary: dict
+    fingerprint: str
+    checkpoint_dir: Path | None = None
+    skipped: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CellData:
+    train: PreparedSet
+    val: PreparedSet
+    classes: list[str] | None
+    num_classes: int
+
+
+def prepare_data(config: Config) -> CellData:
+    """Load sources, check the class sets, and write the compressed and validation splits."""
+    train_source, val_source = load_train_source(config), load_val_source(config)
+    classes = check_class_sets(train_source, val_source)
+    num_classes = len(classes) if classes else max(train_source.num_classes, val_source.num_classes)
+    return CellData(build_training_set(config, train_source), build_val_set(config, val_source),
+                    classes, num_classes)
+
+
+def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = False,
+             role: str = "cell", dynamics_dir: Path | None = None, tune_report: bool = False) -> CellResult:
+    name = cell_name(config)
+    uri = tracking.tracking_uri(config)
+    experiment_id = tracking.ensure_experiment(uri, config.experiment_name, config.out)
+    data = prepare_data(config)
+    previous = tracking.find_run(uri, experiment_id, cell=name, role=role)
+    storage = config.out / "ray_results"
+    if previous is not None and previous.info.status == "FINISHED" and not force:
+        print(f"[{name}] already finished: MLflow run {previous.info.run_id}", flush=True)
+        return CellResult(name, previous.info.run_id, finished_summary(previous), data.train.fingerprint,
+                          latest_checkpoint(storage / name), skipped=True)
+    if previous is None or previous.info.status == "FINISHED":
+        shutil.rmtree(storage / name, ignore_errors=True)  # a forced rerun starts from scratch
+        run_id = tracking.start_run(uri, experiment_id, config, cell=name, role=role,
+                                    parent_run_id=parent_run_id, tags={"fingerprint": data.train.fingerprint})
+    else:
+        run_id = previous.info.run_id
+        print(f"[{name}] resuming MLflow run {run_id}", flush=True)
+    tracking.set_tags(uri, run_id, {"fingerprint": data.train.fingerprint, "status_note": "training"})
+    teacher = resolve_teacher(config) if config.label_mode == "soft" else None
+    try:
+        summary, checkpoint_dir = fit(config, data, name, storage, uri, run_id, teacher, dynamics_dir,
+                                      tune_report)
+    except BaseException:
+        tracking.terminate(uri, run_id, "FAILED")
+        raise
+    finish(config, data, uri, run_id, summary)
+    print(f"[{name}] top-1 final {summary['top1_final']:.2f}  best {summary['top1_best']:.2f}  "
+          f"MLflow: {tracking.run_url(uri, experiment_id, run_id)}", flush=True)
+    return CellResult(name, run_id, summary, data.train.fingerprint, checkpoint_dir)
+
+
+def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_id: str,
+        teacher: str | None, dynamics_dir: Path | None, tune_report: bool = False) -> tuple[dict, Path]:
+    """Build the TorchTrainer (same name + storage path => resume) and run it."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainers.loop import SUMMARY_FILE, train_loop_per_worker
+
+    init_ray()
+    datasets = {
+        "train": train_dataset(data.train.path, mode=config.data.mode, num_rows=data.train.num_rows,
+                               image_size=config.data.image_size),
+        "val": val_dataset(data.val.path, mode=config.data.mode, num_rows=data.val.num_rows,
+                           resize=config.eval.resize, crop=config.eval.crop, mean=config.data.mean,
+                           std=config.data.std),
+    }
+    gpu = use_gpu(config.train.use_gpu)
+    resources = {"CPU": config.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(config), "num_classes": data.num_classes, "teacher": teacher,
+                           "mlflow_uri": uri, "run_id": run_id, "cell": name,
+                           "dynamics_dir": str(dynamics_dir) if dynamics_dir else None},
+        scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=0),
+                             callbacks=tune_callbacks() if tune_report else None),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    started = time.perf_counter()
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"cell {name} finished without a checkpoint; see the Ray logs in {storage / name}")
+    with result.checkpoint.as_directory() as directory:
+        summary = json.loads((Path(directory) / SUMMARY_FILE).read_text())
+        checkpoint_dir = Path(directory)
+    summary["wall_seconds"] = time.perf_counter() - started
+    return summary, checkpoint_dir
+
+
+def tune_callbacks() -> list:
+    """Inside a Tune trial: forward every epoch's report to Tune (ASHA needs them)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return [TuneReportCallback()]
+
+
+def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict) -> None:
+    """Final metrics, storage figures and artifacts (resolved YAML, per-class accuracy)."""
+    soft_bytes = 0
+    if config.label_mode == "soft":  # what storing the soft labels offline would cost (fp16)
+        soft_bytes = config.schedule.epochs * data.train.num_rows * data.num_classes * 2
+    tracking.log_metrics(uri, run_id, {
+        "val/top1_final": summary["top1_final"], "val/top5_final": summary["top5_final"],
+        "val/top1_best": summary["top1_best"], "val/top5_best": summary["top5_best"],
+        "val/best_epoch": summary["best_epoch"], "time/train_s": summary["train_seconds"],
+        "time/wall_s": summary["wall_seconds"], "throughput/images_per_s": summary["images_per_s"],
+        "storage/image_bytes": data.train.image_bytes, "storage/soft_label_bytes": soft_bytes,
+        "data/num_images": data.train.num_rows}, step=summary["epochs_done"])
+    tracking.log_config_artifact(uri, run_id, config)
+    tracking.log_text_artifacts(uri, run_id, {"per_class_accuracy.csv": per_class_csv(data, summary),
+                                              "summary.json": json.dumps(summary, indent=2)})
+    tracking.set_tags(uri, run_id, {"status_note": "finished"})
+    tracking.terminate(uri, run_id, "FINISHED")
+
+
+def per_class_csv(data: CellData, summary: dict) -> str:
+    names = data.classes or [str(i) for i in range(data.num_classes)]
+    rows = ["class_id,class_name,top1_final,top1_best"]
+    final, best = summary.get("per_class_final") or [], summary.get("per_class_best") or []
+    for index, name in enumerate(names):
+        f = final[index] if index < len(final) else ""
+        b = best[index] if index < len(best) else ""
+        rows.append(f'{index},"{name}",{f},{b}')
+    return "\n".join(rows) + "\n"
+
+
+def finished_summary(run) -> dict:
+    metrics = run.data.metrics
+    return {"top1_final": metrics.get("val/top1_final"), "top1_best": metrics.get("val/top1_best"),
+            "top5_final": metrics.get("val/top5_final"), "top5_best": metrics.get("val/top5_best"),
+            "train_seconds": metrics.get("time/train_s"), "images_per_s": metrics.get("throughput/images_per_s")}
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted(run_dir.glob("checkpoint_*")) if run_dir.exists() else []
+    return checkpoints[-1] if checkpoints else None

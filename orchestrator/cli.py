@@ -1,0 +1,161 @@
+"""Command line: `python -m orchestrator <verb>`; each verb is a small function over parsed args.
+
+Overrides come in one form, `--set section.key=value` (repeatable), plus a few explicit flags
+(`--method`, `--ipc`, ...) that are shorthands for the same keys; both always beat the YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from orchestrator.errors import OrchestratorError
+
+SHORTHANDS = {"method": "data.method", "ipc": "data.ipc", "seed": "seed", "label_mode": "label_mode",
+              "model": "model.name", "epochs": "schedule.epochs", "workers": "train.workers",
+              "output_dir": "output_dir", "lr": "optim.lr", "batch_size": "train.batch_size"}
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, help="protocol YAML (configs/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set optim.lr=0.01 (repeatable)")
+    parser.add_argument("--method", help="data.method")
+    parser.add_argument("--ipc", help="data.ipc (images per class; 'null' for all)")
+    parser.add_argument("--seed", type=int, help="seed")
+    parser.add_argument("--label-mode", choices=["hard", "soft"], help="label_mode")
+    parser.add_argument("--model", help="model.name (student)")
+    parser.add_argument("--epochs", type=int, help="schedule.epochs")
+    parser.add_argument("--workers", type=int, help="train.workers (Ray Train workers; 0 = local mode)")
+    parser.add_argument("--lr", type=float, help="optim.lr")
+    parser.add_argument("--batch-size", type=int, help="train.batch_size")
+    parser.add_argument("--output-dir", help="output_dir (MLflow store, checkpoints, data cache)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from orchestrator.config import load_config, parse_override
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    for flag, dotted in SHORTHANDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[dotted] = parse_override(f"x={value}")[1] if isinstance(value, str) else value
+    return load_config(args.config, overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.cell import run_cell
+    from orchestrator.runtime import init_ray
+
+    config = config_from_args(args)
+    init_ray(args.address)
+    result = run_cell(config, force=args.force)
+    print(f"cell {result.name}: top-1 final {result.summary['top1_final']:.2f}, "
+          f"best {result.summary['top1_best']:.2f} (MLflow run {result.run_id})")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from orchestrator.runtime import init_ray
+    from orchestrator.teacher_job import train_teacher
+
+    config = config_from_args(args)
+    init_ray(args.address)
+    path = train_teacher(config, force=args.force)
+    print(f"teacher registered at {path}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from orchestrator.data.prepare import prepare_fashion_mnist
+
+    if args.dataset != "fashion-mnist":
+        raise OrchestratorError(f"unknown dataset '{args.dataset}': only fashion-mnist can be prepared here; "
+                                f"other sets are read directly (image folder, parquet, save_to_disk, hub key)")
+    path = prepare_fashion_mnist(Path(args.output_dir).resolve() / "data", image_size=args.image_size,
+                                 mode=args.mode)
+    print(f"prepared {args.dataset} at {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import render_terminal, run_report
+    from orchestrator.tracking import default_uri
+
+    uri = args.tracking_uri or default_uri(Path(args.output_dir))
+    out_dir = Path(args.out or Path(args.output_dir) / "reports" / args.experiment)
+    paths = run_report(uri, args.experiment, out_dir, log=not args.no_log)
+    print(render_terminal_from(paths))
+    print(f"report written to {out_dir}")
+    return 0
+
+
+def render_terminal_from(paths: dict) -> str:
+    report = paths.get("report.md") or paths.get("markdown")
+    return Path(report).read_text() if report else ""
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from orchestrator.tracking import default_uri
+
+    uri = args.tracking_uri or default_uri(Path(args.output_dir))
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    print("starting:", " ".join(command))
+    return subprocess.call(command)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator",
+                                     description="Benchmark dataset compression on Ray, tracked in MLflow.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="train and evaluate one benchmark cell")
+    add_config_args(run)
+    run.add_argument("--force", action="store_true", help="retrain even if this cell already finished")
+    run.set_defaults(func=cmd_run)
+
+    teacher = verbs.add_parser("teacher", help="train the soft-label teacher on the full training set")
+    add_config_args(teacher)
+    teacher.add_argument("--force", action="store_true")
+    teacher.set_defaults(func=cmd_teacher)
+
+    data = verbs.add_parser("data", help="dataset utilities").add_subparsers(dest="data_verb", required=True)
+    prepare = data.add_parser("prepare", help="convert a dataset into the benchmark schema")
+    prepare.add_argument("dataset", help="fashion-mnist")
+    prepare.add_argument("--output-dir", default="outputs")
+    prepare.add_argument("--image-size", type=int, default=28)
+    prepare.add_argument("--mode", choices=["L", "RGB"], default="L")
+    prepare.set_defaults(func=cmd_data_prepare)
+
+    report = verbs.add_parser("report", help="paper-style tables and plots from MLflow")
+    report.add_argument("--experiment", required=True)
+    report.add_argument("--output-dir", default="outputs")
+    report.add_argument("--tracking-uri")
+    report.add_argument("--out", help="report folder (default outputs/reports/<experiment>)")
+    report.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
+    report.set_defaults(func=cmd_report)
+
+    ui = verbs.add_parser("ui", help="start the MLflow UI on the store (loopback by default)")
+    ui.add_argument("--output-dir", default="outputs")
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except OrchestratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are kept; re-run the same command to resume", file=sys.stderr)
+        return 130

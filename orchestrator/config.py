@@ -1,0 +1,355 @@
+"""Typed, frozen benchmark configuration: YAML protocols, inheritance, overrides, validation.
+
+A protocol file is YAML whose sections mirror the dataclasses below. A file may name a `base:`
+file (relative to itself) whose values it overrides. Command-line overrides use one form,
+`section.key=value` (the value parsed as YAML), and always beat the files. Unknown keys are an
+error that names the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import ConfigError
+
+NONE_STRINGS = {"none", "null", "~", ""}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how the compressed training set is formed."""
+
+    train: str = "fashion-mnist"  # full training set, compressed set folder, parquet, or hub key
+    train_split: str = "train"
+    val: str = "fashion-mnist"
+    val_split: str = "test"
+    method: str = "random"  # a registered method: random, first, full, a pruning rule, pca, ...
+    ipc: int | None = 10  # images per class; None keeps every image
+    source_template: str | None = None  # e.g. "he-yang/2025-rethinkdc-imagenet-{method}-ipc-{ipc}"
+    image_size: int = 28  # storage resolution of every image
+    mode: str = "L"  # "L" (grey) or "RGB"
+    classes: list[str] | None = None  # explicit class list, index = class id
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[float, ...] = (0.3530,)
+    root: str = "data"  # prepared datasets and subset cache, relative to output_dir
+    check_images: bool = True  # decode every training image before training
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "convnet3"
+    input_size: int = 28  # training crop size fed to the student
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Frozen teacher for soft labels: "auto" finds the one `orchestrator teacher` registered."""
+
+    source: str = "auto"  # "auto", a path to a saved teacher, or "timm:<pretrained name>"
+    model: str = "convnet3"  # architecture `orchestrator teacher` trains
+    temperature: float = 20.0
+    epochs: int = 6  # how long `orchestrator teacher` trains it on the full training set
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    epochs: int = 300
+    warmup_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 4 / 3)
+    hflip: float = 0.5
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    type: str = "none"  # none | mixup | cutmix | both
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    resize: int = 28
+    crop: int = 28
+    batch_size: int = 512
+    every: int = 1  # evaluate every N epochs (and always after the last)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 128
+    grad_accum: int = 1
+    workers: int = 1  # Ray Train workers; 0 = local mode (in the driver process)
+    cpus_per_worker: float = 1.0
+    use_gpu: bool | None = None  # None = use CUDA when Ray sees a GPU
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    record_dynamics: bool = False  # write per-sample training dynamics (pruning scores)
+    shuffle_buffer: int = 20000
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "custom"
+    label_mode: str = "hard"  # hard | soft
+    seed: int = 0
+    output_dir: str = "outputs"
+    experiment: str | None = None  # MLflow experiment; defaults to the protocol name
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir).expanduser().resolve()
+
+    @property
+    def data_root(self) -> Path:
+        root = Path(self.data.root).expanduser()
+        return root if root.is_absolute() else self.out / root
+
+    @property
+    def in_chans(self) -> int:
+        return 1 if self.data.mode == "L" else 3
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+
+CHOICES = {
+    "label_mode": {"hard", "soft"},
+    "data.mode": {"L", "RGB"},
+    "optim.name": {"adamw", "sgd"},
+    "mix.type": {"none", "mixup", "cutmix", "both"},
+}
+POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum", "train.checkpoint_every",
+            "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
+            "eval.every", "train.keep_checkpoints"]
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a protocol YAML, following `base:` links (relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: pass a file from configs/ "
+                          f"(e.g. configs/fmnist-hard.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return deep_merge(read_yaml(path.parent / base), raw)
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`optim.lr=0.01` -> ("optim.lr", 0.01); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. optim.lr=0.01)")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from exc
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> dict:
+    """Return a copy of `tree` with `a.b.c` set to value (sections created as needed)."""
+    head, _, rest = dotted.partition(".")
+    out = dict(tree)
+    if rest:
+        child = out.get(head)
+        out[head] = set_dotted(child if isinstance(child, dict) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
+    for dotted, value in overrides.items():
+        tree = set_dotted(tree, dotted, value)
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Protocol file (optional) + overrides -> validated Config."""
+    tree = read_yaml(path) if path else {}
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    return config_from_dict(apply_overrides(tree, overrides or {}))
+
+
+def config_from_dict(tree: dict) -> Config:
+    config = build_dataclass(Config, tree, prefix="")
+    validate(config)
+    return config
+
+
+# ---------------------------------------------------------------- typed construction
+
+
+def build_dataclass(cls: type, tree: Any, prefix: str) -> Any:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping of keys, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in tree:
+        if key not in known:
+            raise ConfigError(unknown_key_message(prefix + str(key), [prefix + k for k in known]))
+    values = {name: coerce(hints[name], tree[name], prefix + name) for name in known if name in tree}
+    return cls(**values)
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
+    return f"unknown config key '{key}': {hint}"
+
+
+def coerce(hint: Any, value: Any, key: str) -> Any:
+    """Convert a YAML value to the field's declared type, or raise a ConfigError naming the key."""
+    if is_dataclass(hint):
+        return build_dataclass(hint, value, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(value, str) and value.strip().lower() in NONE_STRINGS and type(None) in args:
+            return None
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(inner[0], value, key)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        item_type = args[0] if args else Any
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            raise ConfigError(f"'{key}' needs {len(args)} values, got {value!r}")
+        items = [coerce(item_type, v, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    return coerce_scalar(hint, value, key)
+
+
+def coerce_scalar(hint: Any, value: Any, key: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+    if hint in (int, float) and not isinstance(value, bool):
+        try:
+            converted = hint(value)
+        except (TypeError, ValueError):
+            converted = None
+        if converted is not None and (hint is float or float(value) == converted):
+            return converted
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"'{key}' must be {hint.__name__}, got {value!r}")
+
+
+def validate(config: Config) -> None:
+    flat = flatten(config)
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"'{key}' is {flat[key]!r}: choose one of {sorted(allowed)}")
+    for key in POSITIVE:
+        if flat[key] < 1:
+            raise ConfigError(f"'{key}' must be >= 1, got {flat[key]}")
+    if config.data.ipc is not None and config.data.ipc < 1:
+        raise ConfigError(f"'data.ipc' must be >= 1 (or null for the whole set), got {config.data.ipc}")
+    if len(config.data.mean) != len(config.data.std):
+        raise ConfigError("'data.mean' and 'data.std' need the same number of channels")
+    if config.train.workers < 0:
+        raise ConfigError("'train.workers' must be >= 0 (0 = local mode in the driver)")
+
+
+# ---------------------------------------------------------------- views of a config
+
+
+def to_dict(config: Any) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def flatten(config: Config | dict, prefix: str = "") -> dict[str, Any]:
+    tree = to_dict(config) if is_dataclass(config) else config
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def replace(config: Config, overrides: dict[str, Any]) -> Config:
+    """A new validated Config with dotted overrides applied."""
+    return config_from_dict(apply_overrides(to_dict(config), overrides))
+
+
+RUN_ONLY_KEYS = {"output_dir", "experiment", "data.root", "train.checkpoint_every",
+                 "train.keep_checkpoints", "data.check_images", "eval.batch_size"}
+
+
+def config_hash(config: Config) -> str:
+    """Hash of every value that can change a cell's result (not where it is stored)."""
+    flat = {k: v for k, v in flatten(config).items() if k not in RUN_ONLY_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def cell_name(config: Config) -> str:
+    ipc = "all" if config.data.ipc is None else config.data.ipc
+    return (f"{config.data.method}-ipc{ipc}-{config.label_mode}-{config.model.name}"
+            f"-s{config.seed}-{config_hash(config)}")

@@ -1,0 +1,113 @@
+"""Ray Data side of a cell: parquet (benchmark schema) -> decoded / transformed Ray Datasets.
+
+Training images are decoded once (uint8 HWC) and, when small enough, materialised in the object
+store; the random augmentation runs per epoch inside the Ray Data iterator (`train_batches`), seeded
+by (seed, epoch, sample key) so it is fresh every epoch yet reproducible and independent of which
+worker or batch a sample lands in. Validation images are decoded and transformed once.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import partial
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+MATERIALIZE_LIMIT_BYTES = 2 * 1024**3  # decoded size under which a dataset is kept in memory
+
+
+def open_image(cell, mode: str) -> Image.Image:
+    """One HF image cell ({bytes, path} dict or raw bytes) -> PIL image in `mode`."""
+    data = cell["bytes"] if isinstance(cell, dict) else cell
+    if data is None and isinstance(cell, dict) and cell.get("path"):
+        data = Path(cell["path"]).read_bytes()
+    return Image.open(io.BytesIO(data)).convert(mode)
+
+
+def as_hwc(image: Image.Image) -> np.ndarray:
+    array = np.asarray(image, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def decode_images(cells: Sequence, mode: str, size: int) -> np.ndarray:
+    """HF image cells -> uint8 [N, size, size, C]; images not at the storage size are resized."""
+    images = (open_image(cell, mode) for cell in cells)
+    return np.stack([as_hwc(im if im.size == (size, size) else im.resize((size, size), Image.BICUBIC))
+                     for im in images])
+
+
+def decode_train_batch(batch: dict, mode: str, size: int) -> dict:
+    return {"image": decode_images(batch["image"], mode, size),
+            "label": np.asarray(batch["class_id"], dtype=np.int64),
+            "key": np.asarray(batch["index"], dtype=np.int64)}
+
+
+def decode_val_batch(batch: dict, mode: str, resize: int, crop: int, mean, std) -> dict:
+    from trainers.augment import eval_views
+
+    views = [eval_views(as_hwc(open_image(cell, mode))[None], resize=resize, crop=crop, mean=mean, std=std)
+             for cell in batch["image"]]
+    return {"image": np.concatenate([v.numpy() for v in views]), "label": np.asarray(batch["class_id"], dtype=np.int64)}
+
+
+def read_split(path: Path):
+    import ray.data
+
+    return ray.data.read_parquet(str(path), columns=["image", "class_id", "index"]
+                                 if _has_index(path) else ["image", "class_id"])
+
+
+def _has_index(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(path).glob("*.parquet")) if Path(path).is_dir() else [Path(path)]
+    return "index" in pq.read_schema(files[0]).names
+
+
+def train_dataset(path: Path, *, mode: str, num_rows: int, image_size: int, batch_rows: int = 256):
+    """Decoded training set (image uint8 HWC, label, key); materialised when it fits in memory."""
+    dataset = read_split(path).map_batches(partial(decode_train_batch, mode=mode, size=image_size),
+                                           batch_size=batch_rows, batch_format="numpy")
+    return maybe_materialize(dataset, num_rows * image_size * image_size * (1 if mode == "L" else 3))
+
+
+def val_dataset(path: Path, *, mode: str, num_rows: int, resize: int, crop: int, mean, std,
+                batch_rows: int = 256):
+    """Validation set, decoded and transformed once (resize, center crop, normalise)."""
+    fn = partial(decode_val_batch, mode=mode, resize=resize, crop=crop, mean=tuple(mean), std=tuple(std))
+    dataset = read_split(path).map_batches(fn, batch_size=batch_rows, batch_format="numpy")
+    channels = 1 if mode == "L" else 3
+    return maybe_materialize(dataset, num_rows * crop * crop * channels * 4)
+
+
+def maybe_materialize(dataset, decoded_bytes: int):
+    return dataset.materialize() if decoded_bytes <= MATERIALIZE_LIMIT_BYTES else dataset
+
+
+def train_batches(shard, *, epoch: int, seed: int, batch_size: int, size: int, scale, ratio,
+                  hflip: float, mean, std, shuffle_buffer: int) -> Iterator[dict]:
+    """One epoch of augmented training batches from a Ray Train dataset shard.
+
+    Shuffling uses Ray Data's local shuffle buffer seeded per epoch; augmentation runs in the
+    iterator's collate step, seeded per sample so the view depends only on (seed, epoch, key).
+    """
+    from trainers.augment import train_views
+
+    def collate(batch: dict) -> dict:
+        images = train_views(batch["image"], batch["key"], epoch=epoch, seed=seed, size=size,
+                             scale=scale, ratio=ratio, hflip=hflip, mean=mean, std=std)
+        import torch
+
+        return {"image": images, "label": torch.as_tensor(batch["label"]),
+                "key": torch.as_tensor(batch["key"])}
+
+    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
+                                    local_shuffle_buffer_size=shuffle_buffer,
+                                    local_shuffle_seed=seed * 100_003 + epoch, drop_last=False)
+
+
+def val_batches(shard, *, batch_size: int) -> Iterator[dict]:
+    return shard.iter_torch_batches(batch_size=batch_size, drop_last=False)

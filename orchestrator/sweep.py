@@ -1,0 +1,181 @@
+"""`orchestrator sweep`: run a grid of benchmark cells as Ray Tune trials, tracked under one MLflow parent run.
+
+Each cell is one Tune trial whose function calls `run_cell` (which launches the cell's Ray Train run).
+Re-running the same command resumes: finished cells are skipped (their MLflow run is FINISHED),
+unfinished ones continue from their last Ray Train checkpoint. With a `search:` section each cell
+becomes a Tune search (grid/random/Optuna, optional ASHA) whose trials are nested under the cell's run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from orchestrator import tracking
+from orchestrator.config import Config, apply_overrides, cell_name, config_from_dict, to_dict
+from orchestrator.runtime import init_ray
+from orchestrator.sweep_config import Search, Sweep, describe
+
+
+def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False) -> list[dict]:
+    print(describe(sweep), flush=True)
+    if dry_run or not sweep.cells:
+        return []
+    init_ray(address)
+    first = sweep.cells[0]
+    uri = tracking.tracking_uri(first)
+    experiment_id = tracking.ensure_experiment(uri, sweep.experiment, first.out)
+    parent_id = sweep_parent_run(uri, experiment_id, sweep)
+    prepare_prerequisites(sweep)
+    if sweep.search is None:
+        results = run_grid(sweep, parent_id)
+    else:
+        results = [run_search(cell, sweep.search, parent_id, sweep) for cell in sweep.cells]
+    done = sum(1 for r in results if r.get("top1_final") is not None)
+    tracking.log_metrics(uri, parent_id, {"sweep/cells_done": done, "sweep/cells": len(sweep.cells)})
+    if done == len(sweep.cells):
+        tracking.terminate(uri, parent_id, "FINISHED")
+    print(f"sweep {sweep.name}: {done}/{len(sweep.cells)} cells finished; "
+          f"report: python -m orchestrator report --experiment {sweep.experiment} --output-dir {first.output_dir}")
+    return results
+
+
+def sweep_parent_run(uri: str, experiment_id: str, sweep: Sweep) -> str:
+    """The sweep's parent run (reused when the same sweep is run again), with its config and grid."""
+    previous = tracking.find_run(uri, experiment_id, cell=sweep.name, role="sweep")
+    if previous is not None:
+        return previous.info.run_id
+    from mlflow import MlflowClient
+
+    run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep-{sweep.name}",
+                                       tags={"role": "sweep", "cell": sweep.name})
+    grid = [{"cell": cell_name(c), "protocol": c.name, "method": c.data.method, "ipc": c.data.ipc,
+             "label_mode": c.label_mode, "model": c.model.name, "seed": c.seed} for c in sweep.cells]
+    tracking.log_text_artifacts(uri, run.info.run_id, {"sweep.yaml": yaml.safe_dump(sweep.source, sort_keys=False),
+                                                      "grid.json": json.dumps(grid, indent=2)})
+    return run.info.run_id
+
+
+def prepare_prerequisites(sweep: Sweep) -> None:
+    """Train what cells share before they start: the soft-label teacher, pruning dynamics."""
+    from orchestrator.teacher_job import ensure_prerequisites
+
+    for config in sweep.cells:
+        ensure_prerequisites(config)
+
+
+def cell_trial(params: dict) -> None:
+    """One Tune trial = one cell (grid sweeps)."""
+    from ray import tune
+
+    from orchestrator.cell import run_cell
+
+    config = config_from_dict(params["cell"])
+    result = run_cell(config, parent_run_id=params["parent_run_id"])
+    tune.report({"top1_final": result.summary["top1_final"], "top1_best": result.summary["top1_best"],
+                 "skipped": result.skipped, "cell": result.name})
+
+
+def run_grid(sweep: Sweep, parent_id: str) -> list[dict]:
+    from ray import tune
+
+    first = sweep.cells[0]
+    trainable = tune.with_resources(cell_trial, {"CPU": sweep.trial_cpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cell": tune.grid_search([to_dict(c) for c in sweep.cells]), "parent_run_id": parent_id},
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent),
+        run_config=tune.RunConfig(name=f"sweep-{sweep.name}", storage_path=str(first.out / "tune"),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+    )
+    grid = tuner.fit()
+    return [dict(r.metrics or {}, error=str(r.error) if r.error else None) for r in grid]
+
+
+# ---------------------------------------------------------------- hyperparameter search inside a cell
+
+
+def search_space(search: Search) -> dict:
+    from ray import tune
+
+    builders = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda a: tune.uniform(*a),
+                "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}
+    return {key: builders[kind](arg) for key, spec in search.space.items() for kind, arg in spec.items()}
+
+
+def search_trial(params: dict) -> None:
+    """One tuning trial: the cell's config plus the sampled values, reporting every epoch to Tune."""
+    from orchestrator.cell import run_cell
+
+    overrides = {key: value for key, value in params.items() if key not in ("cell", "parent_run_id")}
+    config = config_from_dict(apply_overrides(params["cell"], overrides))
+    run_cell(config, parent_run_id=params["parent_run_id"], role="trial", tune_report=True)
+
+
+def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) -> dict:
+    """Tune one cell's hyperparameters; trials are nested under the cell's MLflow run."""
+    from ray import tune
+
+    uri = tracking.tracking_uri(cell)
+    experiment_id = tracking.ensure_experiment(uri, cell.experiment_name, cell.out)
+    name = cell_name(cell)
+    previous = tracking.find_run(uri, experiment_id, cell=name, role="search")
+    if previous is not None and previous.info.status == "FINISHED":
+        return {"top1_final": previous.data.metrics.get("val/top1_best"), "cell": name, "skipped": True}
+    cell_run = previous.info.run_id if previous else tracking.start_run(
+        uri, experiment_id, cell, cell=name, role="search", parent_run_id=sweep_parent)
+    tuner = tune.Tuner(
+        tune.with_resources(search_trial, {"CPU": sweep.trial_cpus}),
+        param_space={**search_space(search), "cell": to_dict(cell), "parent_run_id": cell_run},
+        tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=search.num_samples,
+                                    search_alg=search_algorithm(search), scheduler=scheduler(search, cell),
+                                    max_concurrent_trials=sweep.max_concurrent),
+        run_config=tune.RunConfig(name=f"search-{name}", storage_path=str(cell.out / "tune"), verbose=0),
+    )
+    grid = tuner.fit()
+    best = grid.get_best_result(metric=search.metric, mode=search.mode)
+    close_stopped_trials(uri, experiment_id, cell_run)
+    summary = {"val/top1_best": best.metrics.get(search.metric), "search/trials": len(grid),
+               "search/total_epochs": sum((r.metrics or {}).get("epoch", 0) for r in grid)}
+    tracking.log_metrics(uri, cell_run, summary)
+    tracking.set_tags(uri, cell_run, {"best_config": json.dumps({k: best.config[k] for k in search.space})})
+    tracking.terminate(uri, cell_run, "FINISHED")
+    return {"top1_final": summary["val/top1_best"], "cell": name, **summary}
+
+
+def search_algorithm(search: Search):
+    if search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch()
+    return None  # grid / random: Tune's BasicVariantGenerator
+
+
+def scheduler(search: Search, cell: Config):
+    if not search.scheduler:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    options = {k: v for k, v in search.scheduler.items() if k != "type"}
+    options.setdefault("max_t", cell.schedule.epochs)
+    return ASHAScheduler(time_attr="training_iteration", **options)
+
+
+def close_stopped_trials(uri: str, experiment_id: str, parent_run: str) -> None:
+    """Trials ASHA stopped leave their MLflow runs RUNNING: mark them KILLED (stopped early)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run}' "
+                                                             f"and attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_tag(run.info.run_id, "stopped_early", "true")
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+def load_and_run(path: Path, overrides: dict, address: str | None, dry_run: bool) -> list[dict]:
+    from orchestrator.sweep_config import load_sweep
+
+    return run_sweep(load_sweep(path, overrides), address=address, dry_run=dry_run)

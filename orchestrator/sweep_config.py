@@ -1,0 +1,170 @@
+"""Sweep definitions: a YAML naming protocols, axes and an optional search -> the grid of cells.
+
+    name: quickstart
+    protocols: {hard: ../fmnist-hard.yaml, soft: ../fmnist-soft.yaml}   # or `protocol: file`
+    set: {schedule.epochs: 20}                    # overrides for every cell
+    axes: {method: [random, el2n], ipc: [10, 50], label_mode: [hard], model: [convnet3], seed: [0, 1]}
+    search:                                        # optional: tune hyperparameters inside each cell
+      algorithm: grid | random | optuna
+      num_samples: 4
+      metric: val/top1
+      mode: max
+      space: {optim.lr: {loguniform: [1.0e-4, 1.0e-2]}, mix.cutmix_alpha: {choice: [0.5, 1.0]}}
+      scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
+    resources: {max_concurrent: 1}
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config import Config, apply_overrides, cell_name, config_from_dict, read_yaml, \
+    unknown_key_message
+from orchestrator.errors import ConfigError
+
+AXES = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode", "model": "model.name",
+        "seed": "seed"}
+TOP_KEYS = {"name", "experiment", "protocol", "protocols", "set", "axes", "search", "resources", "output_dir"}
+SEARCH_KEYS = {"algorithm", "num_samples", "metric", "mode", "space", "scheduler"}
+RESOURCE_KEYS = {"max_concurrent", "trial_cpus"}
+SPACE_KINDS = {"choice", "grid", "uniform", "loguniform", "randint"}
+
+
+@dataclass(frozen=True)
+class Search:
+    algorithm: str = "grid"
+    num_samples: int = 1
+    metric: str = "val/top1"
+    mode: str = "max"
+    space: dict = field(default_factory=dict)
+    scheduler: dict | None = None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    experiment: str
+    cells: list[Config]
+    search: Search | None
+    max_concurrent: int
+    trial_cpus: float
+    source: dict
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
+    path = Path(path)
+    raw = read_sweep_yaml(path)
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise ConfigError(unknown_key_message(str(key), sorted(TOP_KEYS)) + f" (in sweep {path})")
+    protocols = protocol_files(raw, path)
+    common = dict(raw.get("set") or {})
+    if raw.get("output_dir"):
+        common["output_dir"] = raw["output_dir"]
+    common.update(overrides or {})
+    name = raw.get("name") or path.stem
+    common.setdefault("experiment", raw.get("experiment") or name)
+    cells = expand_cells(protocols, raw.get("axes") or {}, common)
+    resources = raw.get("resources") or {}
+    for key in resources:
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(unknown_key_message(f"resources.{key}", [f"resources.{k}" for k in RESOURCE_KEYS]))
+    return Sweep(name=name, experiment=common["experiment"], cells=cells,
+                 search=parse_search(raw.get("search")), max_concurrent=int(resources.get("max_concurrent", 1)),
+                 trial_cpus=float(resources.get("trial_cpus", 0)), source=raw)
+
+
+def read_sweep_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist: pass one from configs/sweeps/")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep file {path} must be a mapping")
+    return raw
+
+
+def protocol_files(raw: dict, path: Path) -> dict[str, Path]:
+    """label mode -> protocol file; a single `protocol:` serves every label mode."""
+    if "protocols" in raw:
+        return {mode: path.parent / file for mode, file in raw["protocols"].items()}
+    if "protocol" in raw:
+        return {"*": path.parent / raw["protocol"]}
+    raise ConfigError(f"sweep {path} names no protocol: add `protocol: ../fmnist-hard.yaml` "
+                      f"or `protocols: {{hard: ..., soft: ...}}`")
+
+
+def expand_cells(protocols: dict[str, Path], axes: dict, common: dict) -> list[Config]:
+    """The full grid (axes in the order of AXES), each cell a validated Config."""
+    for axis in axes:
+        if axis not in AXES:
+            raise ConfigError(unknown_key_message(f"axes.{axis}", [f"axes.{a}" for a in AXES]))
+    names = [axis for axis in AXES if axis in axes]
+    values = [as_list(axes[axis]) for axis in names]
+    trees = {mode: read_yaml(file) for mode, file in protocols.items()}
+    cells, seen = [], set()
+    for combo in itertools.product(*values):
+        chosen = dict(zip(names, combo))
+        tree = pick_protocol(trees, chosen.get("label_mode"))
+        overrides = {**common, **{AXES[axis]: value for axis, value in chosen.items()}}
+        config = config_from_dict(apply_overrides(tree, overrides))
+        if cell_name(config) not in seen:
+            seen.add(cell_name(config))
+            cells.append(config)
+    return cells
+
+
+def pick_protocol(trees: dict[str, dict], label_mode: str | None) -> dict:
+    if "*" in trees:
+        return trees["*"]
+    if label_mode is None:
+        if len(trees) == 1:
+            return next(iter(trees.values()))
+        raise ConfigError("sweep has several protocols: add a label_mode axis to choose between them")
+    if label_mode not in trees:
+        raise ConfigError(f"sweep has no protocol for label mode '{label_mode}': add it under protocols:")
+    return trees[label_mode]
+
+
+def as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def parse_search(raw: dict | None) -> Search | None:
+    if not raw:
+        return None
+    for key in raw:
+        if key not in SEARCH_KEYS:
+            raise ConfigError(unknown_key_message(f"search.{key}", [f"search.{k}" for k in SEARCH_KEYS]))
+    search = Search(**raw)
+    if search.algorithm not in {"grid", "random", "optuna"}:
+        raise ConfigError(f"search.algorithm '{search.algorithm}': choose grid, random or optuna")
+    for key, spec in search.space.items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SPACE_KINDS:
+            raise ConfigError(f"search.space.{key} must be one of {sorted(SPACE_KINDS)}, e.g. "
+                              f"{{loguniform: [1.0e-4, 1.0e-2]}}; got {spec!r}")
+    if search.scheduler and search.scheduler.get("type", "asha") != "asha":
+        raise ConfigError("search.scheduler.type: only asha is supported")
+    return search
+
+
+def describe(sweep: Sweep) -> str:
+    """The `--dry-run` listing: every cell and what the sweep needs."""
+    lines = [f"sweep {sweep.name}: {len(sweep.cells)} cells -> MLflow experiment '{sweep.experiment}'"]
+    for config in sweep.cells:
+        gpu = "GPU" if config.train.use_gpu else "CPU"
+        lines.append(f"  {cell_name(config):55s} protocol={config.name:14s} epochs={config.schedule.epochs} "
+                     f"workers={max(config.train.workers, 1)}x{config.train.cpus_per_worker:g} CPU ({gpu})")
+    if sweep.search:
+        lines.append(f"  search: {sweep.search.algorithm} x {sweep.search.num_samples} per cell over "
+                     f"{sorted(sweep.search.space)}; scheduler={sweep.search.scheduler}")
+    first = sweep.cells[0] if sweep.cells else None
+    if first is not None:
+        per_cell = max(first.train.workers, 1) * first.train.cpus_per_worker
+        lines.append(f"  resources: {per_cell:g} CPU per cell (+{sweep.trial_cpus:g} per trial driver), "
+                     f"up to {sweep.max_concurrent} cells at once")
+    return "\n".join(lines)

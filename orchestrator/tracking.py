@@ -1,0 +1,117 @@
+"""MLflow tracking: store location, experiments, one run per cell, stable metric and param names.
+
+Everything goes through an explicit `MlflowClient(uri)`; the global `mlflow.set_experiment` state
+is never used (it exports MLFLOW_EXPERIMENT_ID and silently redirects later runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from orchestrator.config import Config, flatten, to_yaml
+
+# Short names users compare in the MLflow UI and the report reads.
+CELL_PARAMS = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode",
+               "model": "model.name", "seed": "seed"}
+
+
+def default_uri(output_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite file in the output dir (absolute 4-slash URI)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    out = Path(output_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{out / 'mlflow.db'}"
+
+
+def tracking_uri(config: Config) -> str:
+    return default_uri(config.out)
+
+
+def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
+    """Experiment id by name, created when missing (artifacts under `artifact_root` for SQLite)."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if artifact_root is not None and uri.startswith("sqlite:"):
+        location = (Path(artifact_root) / "mlartifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
+    """The newest run of this cell (tag `cell`), or None."""
+    runs = MlflowClient(uri).search_runs(
+        [experiment_id], filter_string=f"tags.cell = '{cell}' and tags.role = '{role}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def start_run(uri: str, experiment_id: str, config: Config, *, cell: str, role: str = "cell",
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create the run and log the resolved config as params plus the short cell params."""
+    client = MlflowClient(uri)
+    all_tags = {"role": role, "cell": cell, "protocol": config.name, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=cell, tags=all_tags)
+    log_params(uri, run.info.run_id, config)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, config: Config) -> None:
+    flat = flatten(config)
+    params = {key: flat[dotted] for key, dotted in CELL_PARAMS.items()}
+    params.update(flat)
+    batch = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
+    client = MlflowClient(uri)
+    for start in range(0, len(batch), 90):
+        client.log_batch(run_id, params=batch[start:start + 90])
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    MlflowClient(uri).log_batch(run_id, metrics=batch)
+
+
+def log_text_artifacts(uri: str, run_id: str, files: dict[str, str], artifact_path: str | None = None) -> None:
+    """Write {file name: text} to a temp dir and log them as run artifacts."""
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        client.log_artifacts(run_id, tmp, artifact_path)
+
+
+def log_config_artifact(uri: str, run_id: str, config: Config) -> None:
+    log_text_artifacts(uri, run_id, {"config.yaml": to_yaml(config)})
+
+
+def terminate(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient(uri).set_terminated(run_id, status=status)
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    return f"{uri}  (experiment {experiment_id}, run {run_id}); browse with `python -m orchestrator ui`"

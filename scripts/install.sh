@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine: the Fashion-MNIST Debian package
+# and the Python package with its pinned dependencies (torch 2.14.1 / torchvision 0.29.1 from this
+# machine's disk, ray[default,train,tune], mlflow 3.17.2, timm, datasets, ...). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo"
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  $SUDO apt-get update -qq
+  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+fi
+PYTHON=${PYTHON:-python3}
+if ! $PYTHON -c "import orchestrator, ray, mlflow, timm, torchvision, hypothesis, pytest_timeout" 2>/dev/null \
+   || [ pyproject.toml -nt .install-stamp ]; then
+  $PYTHON -m pip install -q --disable-pip-version-check -e '.[dev]'
+  touch .install-stamp
+fi

@@ -1,0 +1,53 @@
+"""Shared fixtures: one real local Ray cluster per test session, real Fashion-MNIST, tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray, started once (address="local" ignores a stale /tmp/ray cluster file)."""
+    import ray
+
+    from orchestrator.runtime import init_ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, object_store_memory=400 * 1024**2, log_to_driver=True,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}})
+    init_ray()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """Fashion-MNIST prepared once per session from the Debian package's files."""
+    from orchestrator.data.prepare import prepare_fashion_mnist
+
+    root = tmp_path_factory.mktemp("data")
+    prepare_fashion_mnist(root, image_size=28, mode="L")
+    return root
+
+
+@pytest.fixture
+def tiny_config(tmp_path, data_root):
+    """A fast Fashion-MNIST cell: 2 images per class, 2 epochs, local output dir."""
+    from orchestrator.config import load_config
+
+    def make(protocol: str = "fmnist-hard", **overrides):
+        base = {"output_dir": str(tmp_path / "out"), "data.root": str(data_root), "data.ipc": 2,
+                "schedule.epochs": 2, "train.batch_size": 8, "eval.every": 1, "train.checkpoint_every": 1,
+                "train.cpus_per_worker": 0.5}
+        base.update(overrides)
+        return load_config(REPO / "configs" / f"{protocol}.yaml", base)
+
+    return make

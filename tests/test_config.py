@@ -1,0 +1,64 @@
+"""Config loading, inheritance, overrides and validation."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import cell_name, config_hash, flatten, load_config, replace
+from orchestrator.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_published_protocols_match_protocol_md():
+    hard, soft = load_config(CONFIGS / "hard.yaml"), load_config(CONFIGS / "soft.yaml")
+    for cfg in (hard, soft):
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 0.001, 0.01)
+        assert (cfg.schedule.epochs, cfg.train.batch_size) == (300, 128)
+        assert cfg.augment.scale == (0.08, 1.0) and cfg.augment.hflip == 0.5
+        assert (cfg.eval.resize, cfg.eval.crop, cfg.data.image_size) == (256, 224, 224)
+        assert cfg.model.name == "resnet18"
+    assert hard.label_mode == "hard" and hard.mix.type == "none"
+    assert soft.label_mode == "soft" and soft.teacher.temperature == 20
+    assert soft.mix.type == "cutmix" and soft.mix.cutmix_alpha == 1.0 and soft.mix.mixup_alpha == 0.8
+    assert soft.teacher.source.startswith("timm:resnet18")
+
+
+def test_base_inheritance_and_override_precedence():
+    cfg = load_config(CONFIGS / "fmnist-soft.yaml", ["optim.lr=0.01", "data.ipc=50"])
+    assert cfg.name == "fmnist-soft" and cfg.data.train == "fashion-mnist"  # inherited
+    assert cfg.optim.lr == 0.01 and cfg.data.ipc == 50  # overrides beat YAML
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match="did you mean 'optim.lr'"):
+        load_config(CONFIGS / "fmnist-hard.yaml", ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="did you mean 'schedule'"):
+        load_config(CONFIGS / "fmnist-hard.yaml", {"schedul": {"epochs": 3}})
+
+
+def test_none_string_is_none_and_types_are_checked():
+    assert load_config(CONFIGS / "fmnist-hard.yaml", ["data.ipc=None"]).data.ipc is None
+    with pytest.raises(ConfigError, match="'data.ipc' must be int"):
+        load_config(CONFIGS / "fmnist-hard.yaml", ["data.ipc=ten"])
+    with pytest.raises(ConfigError, match="'train.batch_size' must be int"):
+        load_config(CONFIGS / "fmnist-hard.yaml", ["train.batch_size=1.5"])
+    with pytest.raises(ConfigError, match="label_mode"):
+        load_config(CONFIGS / "fmnist-hard.yaml", ["label_mode=sof"])
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        load_config(CONFIGS / "fmnist-hard.yaml", ["schedule.epochs=0"])
+
+
+def test_missing_file_and_bad_override_form():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(CONFIGS / "nope.yaml")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(CONFIGS / "fmnist-hard.yaml", ["optim.lr"])
+
+
+def test_cell_name_changes_with_results_relevant_settings_only():
+    cfg = load_config(CONFIGS / "fmnist-hard.yaml")
+    assert cell_name(cfg).startswith("random-ipc10-hard-convnet3-s0-")
+    assert config_hash(replace(cfg, {"output_dir": "/elsewhere"})) == config_hash(cfg)
+    assert config_hash(replace(cfg, {"optim.lr": 0.5})) != config_hash(cfg)
+    assert flatten(cfg)["data.ipc"] == 10

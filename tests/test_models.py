@@ -1,0 +1,106 @@
+"""trainers.models: timm registrations, create_student, teacher files."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from orchestrator.errors import ConfigError
+from trainers import models
+from trainers.models import TeacherUnavailableError, create_student, load_teacher, save_teacher, teacher_meta
+
+
+@pytest.mark.parametrize(("img_size", "feature_hw"), [(28, 3), (32, 4)])
+def test_convnet3_feature_size(img_size: int, feature_hw: int) -> None:
+    model = timm.create_model("convnet3", num_classes=10, in_chans=1, img_size=img_size)
+    assert model.feature_hw == (feature_hw, feature_hw)
+    assert model.get_classifier().in_features == 128 * feature_hw * feature_hw
+    features = model.forward_features(torch.zeros(2, 1, img_size, img_size))
+    assert features.shape == (2, 128, feature_hw, feature_hw)
+    assert model(torch.zeros(2, 1, img_size, img_size)).shape == (2, 10)
+
+
+def test_convnet3_blocks_and_timm_attributes() -> None:
+    model = timm.create_model("convnet3", num_classes=7, in_chans=3, img_size=32)
+    assert len(model.features) == 3
+    block = model.features[0]
+    assert block.conv.kernel_size == (3, 3) and block.conv.padding == (1, 1)
+    assert isinstance(block.norm, torch.nn.GroupNorm) and block.norm.num_groups == 128
+    assert isinstance(block.pool, torch.nn.AvgPool2d)
+    assert model.num_classes == 7
+    assert model.pretrained_cfg["architecture"] == "convnet3"
+    model.reset_classifier(4)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_convnet3_224_feature_size() -> None:
+    model = timm.create_model("convnet3", num_classes=2, in_chans=3, img_size=224, width=8)
+    assert model.feature_hw == (28, 28)
+
+
+def test_convnet3_rejects_too_small_images() -> None:
+    with pytest.raises(ConfigError):
+        timm.create_model("convnet3", img_size=4)
+
+
+def test_resnet18_small_keeps_resolution_through_stem() -> None:
+    model = timm.create_model("resnet18_small", num_classes=10, in_chans=1, img_size=28)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    stem = model.act1(model.bn1(model.conv1(torch.zeros(2, 1, 28, 28))))
+    assert stem.shape == (2, 64, 28, 28)
+    assert model.forward_features(torch.zeros(2, 1, 28, 28)).shape == (2, 512, 4, 4)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_create_student_passes_img_size_only_where_taken() -> None:
+    assert models.student_kwargs("convnet3", num_classes=3, in_chans=1, img_size=28)["img_size"] == 28
+    assert "img_size" not in models.student_kwargs("resnet18", num_classes=3, in_chans=1, img_size=28)
+    assert models.student_kwargs("vit_tiny_patch16_224", num_classes=3, in_chans=3, img_size=32)["img_size"] == 32
+    student = create_student("convnet3", num_classes=3, in_chans=1, img_size=28)
+    assert student(torch.zeros(1, 1, 28, 28)).shape == (1, 3)
+
+
+def test_create_student_unknown_name_lists_close_matches() -> None:
+    with pytest.raises(ValueError, match="resnet18"):
+        create_student("resnet81", num_classes=10, in_chans=3, img_size=32)
+
+
+def test_teacher_roundtrip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = create_student("convnet3", num_classes=4, in_chans=1, img_size=28)
+    path = save_teacher(model, tmp_path / "sub" / "teacher.pt", {"dataset": "tiny", "top1": 12.5})
+    assert teacher_meta(path) == {"dataset": "tiny", "top1": 12.5}
+    teacher = load_teacher(str(path), num_classes=4, in_chans=1, img_size=28, device="cpu")
+    assert not teacher.training
+    assert not any(param.requires_grad for param in teacher.parameters())
+    batch = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(teacher(batch), model.eval()(batch))
+
+
+def test_teacher_for_other_dataset_is_refused(tmp_path) -> None:
+    model = create_student("convnet3", num_classes=4, in_chans=1, img_size=28)
+    path = save_teacher(model, tmp_path / "teacher.pt", {})
+    with pytest.raises(ConfigError, match="num_classes"):
+        load_teacher(str(path), num_classes=10, in_chans=1, img_size=28, device="cpu")
+
+
+def test_missing_teacher_file_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_teacher(str(tmp_path / "nope.pt"), num_classes=4, in_chans=1, img_size=28, device="cpu")
+
+
+def test_unreachable_hub_suggests_local_teacher(monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(models.timm, "create_model", offline)
+    with pytest.raises(TeacherUnavailableError, match="orchestrator teacher") as caught:
+        load_teacher("timm:resnet18", num_classes=1000, in_chans=3, img_size=224, device="cpu")
+    assert isinstance(caught.value, RuntimeError)
+    assert "unreachable" in str(caught.value)
+
+
+def test_hub_teacher_with_wrong_class_count_is_refused() -> None:
+    with pytest.raises(ConfigError, match="1000 classes"):
+        load_teacher("timm:resnet18", num_classes=10, in_chans=3, img_size=32, device="cpu")

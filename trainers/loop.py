@@ -1,0 +1,271 @@
+"""The Ray Train worker loop: one benchmark cell's training, evaluation and checkpoints.
+
+`train_loop_per_worker(loop_config)` runs on every worker (or in the driver in local mode). It is
+pure with respect to its input: the resolved config dict plus a few facts the driver computed
+(number of classes, teacher file, MLflow run). Rank 0 logs per-epoch metrics to MLflow, prints
+progress, evaluates, and writes checkpoints that hold everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import trainers.models  # noqa: F401  (registers convnet3 / resnet18_small in timm)
+from orchestrator.config import Config, config_from_dict
+from orchestrator.data.pipeline import train_batches, val_batches
+from trainers.augment import train_views  # noqa: F401  (imported early: fail fast on workers)
+from trainers.evaluate import Accuracy
+from trainers.losses import compute_loss
+from trainers.mix import build_mixup, mix_batch
+from trainers.models import create_student, load_teacher
+from trainers.optim import build_optimizer, build_scheduler
+
+STATE_FILE = "state.pt"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class History:
+    """What survives a restart besides the weights: per-epoch figures and the best so far."""
+
+    epochs_done: int = 0
+    best_top1: float = -1.0
+    best_top5: float = 0.0
+    best_epoch: int = -1
+    best_per_class: list = field(default_factory=list)
+    last_eval: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+
+
+def seed_everything(seed: int, epoch: int, rank: int) -> None:
+    """Seed python, numpy (timm's Mixup draws from it) and torch for one epoch on one rank."""
+    mixed = (seed * 1_000_003 + epoch * 1009 + rank) % (2**32)
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.manual_seed(mixed)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    torch.manual_seed(config.seed)
+    num_classes = loop_config["num_classes"]
+    model = create_student(config.model.name, num_classes=num_classes, in_chans=config.in_chans,
+                           img_size=config.model.input_size)
+    optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
+                                weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
+    scheduler = build_scheduler(optimizer, epochs=config.schedule.epochs,
+                                warmup_epochs=config.schedule.warmup_epochs)
+    history = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    model = ray.train.torch.prepare_model(model)
+    teacher = None
+    if config.label_mode == "soft":
+        teacher = load_teacher(loop_config["teacher"], num_classes=num_classes, in_chans=config.in_chans,
+                               img_size=config.model.input_size, device=device)
+    mixup = build_mixup(config.mix.type, mixup_alpha=config.mix.mixup_alpha,
+                        cutmix_alpha=config.mix.cutmix_alpha, prob=config.mix.prob,
+                        switch_prob=config.mix.switch_prob, num_classes=num_classes)
+    logger = MetricLogger(loop_config, rank)
+    dynamics = open_dynamics(loop_config, rank)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    epochs = config.schedule.epochs
+    for epoch in range(history.epochs_done, epochs):
+        seed_everything(config.seed, epoch, rank)
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        loss, seen = train_one_epoch(config, model, teacher, mixup, optimizer, train_shard, epoch,
+                                     device, dynamics)
+        scheduler.step()
+        elapsed = time.perf_counter() - start
+        history.train_seconds += elapsed
+        history.images_seen += seen * world
+        history.epochs_done = epoch + 1
+        evaluation = maybe_evaluate(config, model, val_shard, epoch, num_classes, device, rank, history)
+        metrics = {"train/loss": loss, "train/lr": lr, "train/epoch_s": elapsed,
+                   "train/images_per_s": seen * world / max(elapsed, 1e-9)}
+        metrics.update({f"val/{k}": v for k, v in evaluation.items() if k in ("top1", "top5", "loss")})
+        logger.log(epoch, metrics, history, epochs)
+        if dynamics is not None:
+            dynamics.end_epoch()
+        reported = {**metrics, "epoch": epoch + 1, "val/top1": history.last_eval.get("top1", 0.0)}
+        report(config, epoch, reported, history, model, optimizer, scheduler, rank)
+    if dynamics is not None:
+        dynamics.close()
+
+
+def train_one_epoch(config: Config, model, teacher, mixup, optimizer, shard, epoch: int, device,
+                    dynamics) -> tuple[float, int]:
+    """One pass over this worker's shard; returns (mean loss, images seen)."""
+    model.train()
+    accum = config.train.grad_accum
+    total_loss, total_seen, step = 0.0, 0, 0
+    optimizer.zero_grad(set_to_none=True)
+    batches = train_batches(shard, epoch=epoch, seed=config.seed, batch_size=config.train.batch_size,
+                            size=config.model.input_size, scale=config.augment.scale,
+                            ratio=config.augment.ratio, hflip=config.augment.hflip,
+                            mean=config.data.mean, std=config.data.std,
+                            shuffle_buffer=config.train.shuffle_buffer)
+    for batch in batches:
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        images, targets = mix_batch(mixup, images, labels)
+        logits = model(images)
+        if dynamics is not None:
+            dynamics.add(epoch, batch["key"].numpy()[: len(logits)], logits.detach().float().cpu(),
+                         labels[: len(logits)].cpu().numpy())
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+        loss = compute_loss(config.label_mode, logits, targets, teacher_logits=teacher_logits,
+                            temperature=config.teacher.temperature)
+        (loss / accum).backward()
+        step += 1
+        if step % accum == 0:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total_loss += loss.item() * len(images)
+        total_seen += len(images)
+    if step % accum:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return total_loss / max(total_seen, 1), total_seen
+
+
+def maybe_evaluate(config: Config, model, val_shard, epoch: int, num_classes: int, device, rank: int,
+                   history: History) -> dict:
+    """Rank 0 evaluates the whole validation set every `eval.every` epochs and after the last."""
+    last = epoch + 1 == config.schedule.epochs
+    if rank != 0 or not (last or (epoch + 1) % config.eval.every == 0):
+        return {}
+    model.eval()
+    accuracy = Accuracy(num_classes)
+    loss_sum, count = 0.0, 0
+    with torch.no_grad():
+        for batch in val_batches(val_shard, batch_size=config.eval.batch_size):
+            images, labels = batch["image"].to(device), batch["label"].to(device)
+            logits = model(images)
+            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            count += len(labels)
+            accuracy.update(logits, labels)
+    summary = Accuracy.summarize(accuracy.counts)
+    summary["loss"] = loss_sum / max(count, 1)
+    summary["epoch"] = epoch
+    history.last_eval = summary
+    if summary["top1"] > history.best_top1:
+        history.best_top1, history.best_top5 = summary["top1"], summary["top5"]
+        history.best_epoch, history.best_per_class = epoch, summary["per_class_top1"]
+    return summary
+
+
+def report(config: Config, epoch: int, metrics: dict, history: History, model, optimizer, scheduler,
+           rank: int) -> None:
+    """Every rank reports each epoch; rank 0 attaches a checkpoint every K epochs and at the end."""
+    import ray.train
+
+    last = epoch + 1 == config.schedule.epochs
+    due = last or (epoch + 1) % config.train.checkpoint_every == 0
+    if not (due and rank == 0):
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(Path(tmp), model, optimizer, scheduler, history, final=last)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def save_state(directory: Path, model, optimizer, scheduler, history: History, final: bool) -> None:
+    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history.__dict__},
+               directory / STATE_FILE)
+    (directory / SUMMARY_FILE).write_text(json.dumps({**summarize(history), "final": final}))
+
+
+def summarize(history: History) -> dict:
+    last = history.last_eval
+    return {"top1_final": last.get("top1"), "top5_final": last.get("top5"),
+            "top1_best": history.best_top1, "top5_best": history.best_top5,
+            "best_epoch": history.best_epoch, "per_class_final": last.get("per_class_top1"),
+            "per_class_best": history.best_per_class, "epochs_done": history.epochs_done,
+            "train_seconds": history.train_seconds,
+            "images_per_s": history.images_seen / max(history.train_seconds, 1e-9)}
+
+
+def restore(checkpoint, model, optimizer, scheduler) -> History:
+    """Load weights, optimizer, schedule and history from the last checkpoint, if any."""
+    if checkpoint is None:
+        return History()
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    history = History(**state["history"])
+    print(f"resuming from checkpoint after epoch {history.epochs_done}", flush=True)
+    return history
+
+
+def open_dynamics(loop_config: dict, rank: int):
+    directory = loop_config.get("dynamics_dir")
+    if not directory:
+        return None
+    from trainers.dynamics import DynamicsWriter
+
+    return DynamicsWriter(Path(directory), rank=rank)
+
+
+class MetricLogger:
+    """Rank 0's per-epoch MLflow metrics and terminal progress line."""
+
+    def __init__(self, loop_config: dict, rank: int):
+        self.enabled = rank == 0
+        self.label = loop_config.get("cell", "cell")
+        self.client, self.run_id = None, loop_config.get("run_id")
+        if self.enabled and self.run_id and loop_config.get("mlflow_uri"):
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(loop_config["mlflow_uri"])
+
+    def log(self, epoch: int, metrics: dict, history: History, epochs: int) -> None:
+        if not self.enabled:
+            return
+        if self.client is not None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[
+                Metric(key, float(value), now, epoch) for key, value in metrics.items()])
+        print(progress_line(self.label, epoch, epochs, metrics, history), flush=True)
+
+
+def progress_line(label: str, epoch: int, epochs: int, metrics: dict, history: History) -> str:
+    per_epoch = history.train_seconds / max(history.epochs_done, 1)
+    eta = int(per_epoch * (epochs - epoch - 1))
+    top1 = metrics.get("val/top1")
+    acc = f"top1 {top1:5.2f}  best {history.best_top1:5.2f}" if top1 is not None else ""
+    return (f"[{label}] epoch {epoch + 1}/{epochs}  loss {metrics['train/loss']:.4f}  {acc}  "
+            f"{metrics['train/images_per_s']:.0f} img/s  ETA {eta // 60}:{eta % 60:02d}")
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
