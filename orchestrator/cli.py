@@ -57,6 +57,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator.config import parse_override
+    from orchestrator.sweep import load_and_run
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    results = load_and_run(Path(args.config), overrides, args.address, args.dry_run)
+    failed = [r for r in results if r.get("error")]
+    for result in failed:
+        print(f"failed cell: {result.get('cell', '?')}: {result['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_teacher(args: argparse.Namespace) -> int:
     from orchestrator.runtime import init_ray
     from orchestrator.teacher_job import train_teacher
@@ -119,10 +133,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="retrain even if this cell already finished")
     run.set_defaults(func=cmd_run)
 
+    sweep = verbs.add_parser("sweep", help="run a grid of cells with Ray Tune (resumable)")
+    sweep.add_argument("--config", "-c", required=True, help="sweep YAML (configs/sweeps/*.yaml)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key in every cell, e.g. --set schedule.epochs=5")
+    sweep.add_argument("--output-dir", help="output_dir for every cell")
+    sweep.add_argument("--dry-run", action="store_true", help="print the expanded grid and resources only")
+    sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    sweep.set_defaults(func=cmd_sweep)
+
     teacher = verbs.add_parser("teacher", help="train the soft-label teacher on the full training set")
     add_config_args(teacher)
     teacher.add_argument("--force", action="store_true")
     teacher.set_defaults(func=cmd_teacher)
+
+    from orchestrator.prune_job import add_prune_parser
+
+    add_prune_parser(verbs)
 
     data = verbs.add_parser("data", help="dataset utilities").add_subparsers(dest="data_verb", required=True)
     prepare = data.add_parser("prepare", help="convert a dataset into the benchmark schema")

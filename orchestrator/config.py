@@ -106,11 +106,25 @@ class TrainConfig:
     grad_accum: int = 1
     workers: int = 1  # Ray Train workers; 0 = local mode (in the driver process)
     cpus_per_worker: float = 1.0
+    threads: int = 0  # torch threads per worker; 0 = Ray's default (the worker's CPU count)
     use_gpu: bool | None = None  # None = use CUDA when Ray sees a GPU
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     record_dynamics: bool = False  # write per-sample training dynamics (pruning scores)
     shuffle_buffer: int = 20000
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Pruning rules and PCA (PROTOCOL.md §3-4): scores from the teacher run's training dynamics."""
+
+    el2n_epochs: int = 10  # EL2N averaged over the first N recorded epochs
+    mis_ratio: float | None = None  # ccs: hardest fraction dropped first; None follows the prune rate
+    strata: int = 50  # ccs: equal-width score strata
+    ccs_score: str = "aum"  # ccs: the score it stratifies (forgetting | el2n | aum)
+    reverse: bool = False  # forgetting/el2n/aum: keep the easiest samples instead of the hardest
+    pca_grid: int = 2  # pca: grid x grid whole images tiled into one stored image
+    pca_rule: str = "el2n"  # pca: the rule whose easiest samples it keeps
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,7 @@ class Config:
     mix: MixConfig = field(default_factory=MixConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     @property
     def out(self) -> Path:
@@ -153,10 +168,12 @@ CHOICES = {
     "data.mode": {"L", "RGB"},
     "optim.name": {"adamw", "sgd"},
     "mix.type": {"none", "mixup", "cutmix", "both"},
+    "prune.ccs_score": {"forgetting", "el2n", "aum"},
+    "prune.pca_rule": {"forgetting", "el2n", "aum"},
 }
 POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum", "train.checkpoint_every",
             "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
-            "eval.every", "train.keep_checkpoints"]
+            "eval.every", "train.keep_checkpoints", "prune.el2n_epochs", "prune.strata", "prune.pca_grid"]
 
 
 # ---------------------------------------------------------------- loading and overrides

@@ -64,6 +64,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
 
     torch.manual_seed(config.seed)
     num_classes = loop_config["num_classes"]
@@ -99,10 +101,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         history.train_seconds += elapsed
         history.images_seen += seen * world
         history.epochs_done = epoch + 1
+        eval_start = time.perf_counter()
         evaluation = maybe_evaluate(config, model, val_shard, epoch, num_classes, device, rank, history)
         metrics = {"train/loss": loss, "train/lr": lr, "train/epoch_s": elapsed,
                    "train/images_per_s": seen * world / max(elapsed, 1e-9)}
         metrics.update({f"val/{k}": v for k, v in evaluation.items() if k in ("top1", "top5", "loss")})
+        if evaluation:
+            metrics["val/eval_s"] = time.perf_counter() - eval_start
         logger.log(epoch, metrics, history, epochs)
         if dynamics is not None:
             dynamics.end_epoch()
@@ -123,7 +128,7 @@ def train_one_epoch(config: Config, model, teacher, mixup, optimizer, shard, epo
                             size=config.model.input_size, scale=config.augment.scale,
                             ratio=config.augment.ratio, hflip=config.augment.hflip,
                             mean=config.data.mean, std=config.data.std,
-                            shuffle_buffer=config.train.shuffle_buffer)
+                            shuffle_buffer=config.train.shuffle_buffer, tiles=tiles_per_image(config))
     for batch in batches:
         images, labels = batch["image"].to(device), batch["label"].to(device)
         images, targets = mix_batch(mixup, images, labels)
@@ -148,6 +153,12 @@ def train_one_epoch(config: Config, model, teacher, mixup, optimizer, shard, epo
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return total_loss / max(total_seen, 1), total_seen
+
+
+def tiles_per_image(config: Config) -> int:
+    """PCA stores grid x grid combined images: its Augment step crops inside one tile at a time."""
+    prune = getattr(config, "prune", None)
+    return prune.pca_grid if prune is not None and config.data.method == "pca" else 1
 
 
 def maybe_evaluate(config: Config, model, val_shard, epoch: int, num_classes: int, device, rank: int,

@@ -55,6 +55,7 @@ default_cfgs = generate_default_cfgs(
     {
         # fixed_input_size tells timm (and create_student) that the model takes img_size.
         "convnet3": _cfg(first_conv="features.0.conv", fixed_input_size=True),
+        "convnet3_w32": _cfg(first_conv="features.0.conv", fixed_input_size=True),
         "resnet18_small": _cfg(),
     }
 )
@@ -151,6 +152,14 @@ def convnet3(pretrained: bool = False, **kwargs: Any) -> ConvNet:
     _reject_pretrained("convnet3", pretrained)
     kwargs.setdefault("depth", 3)
     return build_model_with_cfg(ConvNet, "convnet3", pretrained=False, **kwargs)
+
+
+@register_model
+def convnet3_w32(pretrained: bool = False, **kwargs: Any) -> ConvNet:
+    """ConvNet-3 of width 32: a teacher / dynamics model cheap enough for CPU-only machines."""
+    _reject_pretrained("convnet3_w32", pretrained)
+    kwargs.update(depth=3, width=32)
+    return build_model_with_cfg(ConvNet, "convnet3_w32", pretrained=False, **kwargs)
 
 
 @register_model

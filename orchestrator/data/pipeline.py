@@ -56,8 +56,8 @@ def decode_val_batch(batch: dict, mode: str, resize: int, crop: int, mean, std) 
 def read_split(path: Path):
     import ray.data
 
-    return ray.data.read_parquet(str(path), columns=["image", "class_id", "index"]
-                                 if _has_index(path) else ["image", "class_id"])
+    columns = ["image", "class_id", "index"] if _has_index(path) else ["image", "class_id"]
+    return ray.data.read_parquet(str(path)).select_columns(columns)
 
 
 def _has_index(path: Path) -> bool:
@@ -87,24 +87,45 @@ def maybe_materialize(dataset, decoded_bytes: int):
     return dataset.materialize() if decoded_bytes <= MATERIALIZE_LIMIT_BYTES else dataset
 
 
+def split_tiles(images: np.ndarray, keys: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA's Augment input: each stored image -> its grid x grid tiles, each a sample with its own key.
+
+    Cropping happens inside a tile only, so a view never mixes two combined images.
+    """
+    if grid == 1:
+        return images, keys
+    from pca.combine import tile_boxes
+
+    boxes = tile_boxes(grid, images.shape[1])
+    height = min(h for _, _, h, _ in boxes)
+    width = min(w for _, _, _, w in boxes)
+    tiles = np.stack([images[:, top:top + height, left:left + width] for top, left, _, _ in boxes], axis=1)
+    tile_keys = keys[:, None] * len(boxes) + np.arange(len(boxes))[None, :]
+    return tiles.reshape(-1, *tiles.shape[2:]), tile_keys.reshape(-1)
+
+
 def train_batches(shard, *, epoch: int, seed: int, batch_size: int, size: int, scale, ratio,
-                  hflip: float, mean, std, shuffle_buffer: int) -> Iterator[dict]:
+                  hflip: float, mean, std, shuffle_buffer: int, tiles: int = 1) -> Iterator[dict]:
     """One epoch of augmented training batches from a Ray Train dataset shard.
 
     Shuffling uses Ray Data's local shuffle buffer seeded per epoch; augmentation runs in the
     iterator's collate step, seeded per sample so the view depends only on (seed, epoch, key).
+    With `tiles` > 1 (PCA) every stored image yields one view per tile.
     """
+    import torch
+
     from trainers.augment import train_views
 
     def collate(batch: dict) -> dict:
-        images = train_views(batch["image"], batch["key"], epoch=epoch, seed=seed, size=size,
-                             scale=scale, ratio=ratio, hflip=hflip, mean=mean, std=std)
-        import torch
+        images, keys = split_tiles(batch["image"], batch["key"], tiles)
+        views = train_views(images, keys, epoch=epoch, seed=seed, size=size, scale=scale, ratio=ratio,
+                            hflip=hflip, mean=mean, std=std)
+        labels = np.repeat(batch["label"], tiles * tiles)
+        return {"image": views, "label": torch.from_numpy(np.ascontiguousarray(labels)),
+                "key": torch.from_numpy(np.ascontiguousarray(keys))}
 
-        return {"image": images, "label": torch.as_tensor(batch["label"]),
-                "key": torch.as_tensor(batch["key"])}
-
-    return shard.iter_torch_batches(batch_size=batch_size, collate_fn=collate,
+    rows = max(1, batch_size // (tiles * tiles))
+    return shard.iter_torch_batches(batch_size=rows, collate_fn=collate,
                                     local_shuffle_buffer_size=shuffle_buffer,
                                     local_shuffle_seed=seed * 100_003 + epoch, drop_last=False)
 

@@ -1,0 +1,93 @@
+"""`orchestrator prune`: write one pruned (or PCA) subset of the full training set to a folder.
+
+    python -m orchestrator prune --config configs/fmnist-hard.yaml --rule el2n --ipc 10 [--reverse] [--out DIR]
+
+The folder holds ``data.parquet`` (benchmark schema: image, class_id, sample_id), ``manifest.json``
+(source, rule, IPC, direction, parameters, chosen source ids and their scores, fingerprint) and
+``dataset_info.json`` (class names), so ``data.train=DIR/data.parquet`` with method ``full`` (or
+``first``) trains on it. Scores come from the teacher run's training dynamics; no Ray is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+from pathlib import Path
+
+from orchestrator.config import Config, replace
+from orchestrator.data.prepare import DATASET_INFO_FILE
+from orchestrator.data.select import fingerprint, write_parquet
+from orchestrator.errors import ConfigError
+
+PRUNE_RULES = ("forgetting", "el2n", "aum", "ccs", "pca")
+MANIFEST_FILE = "manifest.json"
+DATA_FILE = "data.parquet"
+
+
+def prune(config: Config, *, rule: str, ipc: int, reverse: bool = False, out_dir: Path | None = None) -> Path:
+    """Select `ipc` images per class of the full training set by `rule`; write them; return the folder.
+
+    The default folder is ``config.out / "subsets" / "<rule>-ipc<ipc>-<fingerprint>"``.
+    """
+    from orchestrator.methods import load_train_source, with_index
+    from pca.methods import selection_for, subset_manifest
+
+    if rule not in PRUNE_RULES:
+        close = difflib.get_close_matches(rule, PRUNE_RULES, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown pruning rule '{rule}': {hint}choose one of {list(PRUNE_RULES)}")
+    config = replace(config, {"data.method": rule, "data.ipc": ipc, "prune.reverse": bool(reverse),
+                              "data.source_template": None})
+    source = load_train_source(replace(config, {"data.method": "full", "data.ipc": None}))
+    dataset = with_index(source.dataset)
+    selection = selection_for(config, dataset)
+    digest = fingerprint(selection.subset)
+    folder = Path(out_dir) if out_dir is not None else config.out / "subsets" / f"{rule}-ipc{ipc}-{digest}"
+    manifest = subset_manifest(config, selection.indices, selection.scores, dataset=dataset,
+                               subset=selection.subset, tiles=selection.tiles, classes=source.classes)
+    write_parquet(selection.subset, folder / DATA_FILE)
+    _write_json(folder / DATASET_INFO_FILE, {
+        "name": f"{rule}-ipc{ipc}", "classes": source.classes, "image_size": config.data.image_size,
+        "mode": config.data.mode, "num_rows": {"train": len(selection.subset)}, "source": source.spec})
+    _write_json(folder / MANIFEST_FILE, manifest)
+    return folder
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from orchestrator.cli import config_from_args
+
+    config = config_from_args(args)
+    rule = args.rule or config.data.method
+    if config.data.ipc is None:
+        raise ConfigError("prune needs an IPC: pass --ipc N")
+    reverse = bool(args.reverse or config.prune.reverse)
+    out_dir = Path(args.out).expanduser() if args.out else None
+    folder = prune(config, rule=rule, ipc=config.data.ipc, reverse=reverse, out_dir=out_dir)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    print(f"{rule} subset: {manifest['num_images']} images ({config.data.ipc} per class), "
+          f"fingerprint {manifest['fingerprint']}, written to {folder}")
+    print(f"train on it with --set data.train={folder / DATA_FILE} --method full")
+    return 0
+
+
+def add_prune_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `prune` verb to the CLI's sub-parsers."""
+    from orchestrator.cli import add_config_args
+
+    parser = subparsers.add_parser("prune", help="write a pruned (or PCA) subset with its manifest")
+    add_config_args(parser)
+    parser.add_argument("--rule", help=f"pruning rule, one of {list(PRUNE_RULES)} (default: data.method)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="keep the easiest samples instead of the hardest (forgetting, el2n, aum)")
+    parser.add_argument("--out", help="output folder (default <output_dir>/subsets/<rule>-ipc<N>-<fingerprint>)")
+    parser.set_defaults(func=cmd_prune)
+    return parser

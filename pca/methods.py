@@ -1,0 +1,291 @@
+"""Pruning rules and PCA as benchmark methods (PROTOCOL.md §3-4), registered on import.
+
+Registers ``forgetting``, ``el2n``, ``aum``, ``ccs`` and ``pca`` in ``orchestrator.methods.METHODS``
+(``orchestrator.methods._load_plugins`` imports this module). Each method reads the per-sample
+scores of the full training set, computed from the training dynamics the teacher run records under
+``orchestrator.teachers.dynamics_dir(config)``, and keeps exactly IPC images per class:
+
+- forgetting, el2n, aum: the hardest samples (``prune.reverse``: the easiest);
+- ccs: coverage-centric selection over ``prune.ccs_score``, seeded with ``config.seed``;
+- pca: see ``pca.pipeline`` (easiest samples of ``prune.pca_rule``, tiled grid x grid).
+
+Scores are cached beside the dynamics as ``scores-<hash of the score parameters>.parquet``; the
+file records the dynamics it was computed from (epoch files, sizes, mtimes) in its parquet
+metadata and is recomputed when they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestrator.config import Config
+from orchestrator.data.select import arrow_column, class_id_array, fingerprint
+from orchestrator.errors import DataError
+from orchestrator.methods import register_method, require_ipc, source_spec, with_index
+from orchestrator.teachers import dynamics_dir
+from pca.scores import SCORE_COLUMNS, compute_scores
+from pca.select import RULES, select
+
+PRUNING_RULES = ("forgetting", "el2n", "aum", "ccs")
+DYNAMICS_METHODS = PRUNING_RULES + ("pca",)
+EL2N_REDUCE = "mean"
+SCORES_VERSION = 1
+_DYNAMICS_KEY = b"rethinkdc.dynamics"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A method's output plus what the manifest needs."""
+
+    subset: datasets.Dataset  # the set in the benchmark schema, with its `index` column
+    indices: np.ndarray  # `index` keys of the chosen source samples, in selection order
+    scores: pd.DataFrame  # scores of the full training set (compute_scores' frame)
+    tiles: list[list[int]] | None = None  # pca: `index` keys of each stored image's tiles
+
+
+# ---------------------------------------------------------------- scores (cached)
+
+
+def needs_dynamics(config: Config) -> bool:
+    """Whether the configured method reads training dynamics (template sources never do)."""
+    return config.data.method in DYNAMICS_METHODS and not config.data.source_template
+
+
+def missing_dynamics_error(dyn_dir: Path) -> DataError:
+    return DataError(
+        f"no training dynamics at {dyn_dir} (pruning scores are computed from them): record them with "
+        f"`python -m orchestrator teacher --config <protocol>` (same data and output_dir; the teacher run "
+        f"on the full training set writes them); sweeps do this automatically")
+
+
+def dynamics_signature(dyn_dir: Path) -> list[list]:
+    """(relative path, size, mtime_ns) of every epoch file: changes whenever the dynamics do."""
+    files = sorted(Path(dyn_dir).glob("rank-*/epoch-*.parquet"))
+    signature = []
+    for file in files:
+        stat = file.stat()
+        signature.append([file.relative_to(dyn_dir).as_posix(), stat.st_size, stat.st_mtime_ns])
+    return signature
+
+
+def scores_cache_path(config: Config, num_samples: int) -> Path:
+    params = {"num_samples": int(num_samples), "el2n_epochs": config.prune.el2n_epochs,
+              "el2n_reduce": EL2N_REDUCE, "version": SCORES_VERSION}
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return dynamics_dir(config) / f"scores-{digest}.parquet"
+
+
+def _read_cache(path: Path, signature: str, num_samples: int) -> pd.DataFrame | None:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException):
+        return None
+    meta = table.schema.metadata or {}
+    if meta.get(_DYNAMICS_KEY) != signature.encode():
+        return None
+    frame = table.to_pandas()
+    if len(frame) != num_samples or any(c not in frame.columns for c in SCORE_COLUMNS):
+        return None
+    frame.index = pd.RangeIndex(num_samples, name="index")
+    return frame
+
+
+def _write_cache(path: Path, frame: pd.DataFrame, signature: str) -> None:
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _DYNAMICS_KEY: signature.encode()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only dynamics folder: the scores are still returned, just not cached
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_scores(config: Config, num_samples: int) -> pd.DataFrame:
+    """Scores of the full training set (indexed 0..num_samples-1), from the cache or the dynamics."""
+    dyn_dir = dynamics_dir(config)
+    signature = dynamics_signature(dyn_dir) if dyn_dir.is_dir() else []
+    if not signature:
+        raise missing_dynamics_error(dyn_dir)
+    key = json.dumps(signature)
+    path = scores_cache_path(config, num_samples)
+    cached = _read_cache(path, key, num_samples) if path.is_file() else None
+    if cached is not None:
+        return cached
+    try:
+        frame = compute_scores(dyn_dir, num_samples, el2n_epochs=config.prune.el2n_epochs,
+                               el2n_reduce=EL2N_REDUCE)
+    except DataError as exc:
+        if "no complete epoch" in str(exc):
+            raise missing_dynamics_error(dyn_dir) from exc
+        raise
+    _write_cache(path, frame, key)
+    return frame
+
+
+# ---------------------------------------------------------------- selection
+
+
+def index_keys(dataset: datasets.Dataset) -> np.ndarray:
+    return arrow_column(dataset, "index").to_numpy().astype(np.int64, copy=False)
+
+
+def score_column(rule: str, config: Config) -> str | None:
+    """The score column a rule ranks by (ccs: its base rule's)."""
+    spec = RULES[config.prune.ccs_score] if rule == "ccs" else RULES.get(rule)
+    return spec.score_column if spec is not None else None
+
+
+def select_rows(config: Config, dataset: datasets.Dataset, *, rule: str, ipc: int,
+                reverse: bool) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(row positions chosen in `dataset`, the dataset's `index` keys, full-set scores).
+
+    Positions are ordered by class, then by rank (hardest first, or easiest with reverse).
+    """
+    keys = index_keys(dataset)
+    if keys.size == 0:
+        raise DataError("the training set is empty: point data.train at a non-empty split")
+    frame = load_scores(config, int(keys.max()) + 1)
+    rows = frame.iloc[keys].reset_index(drop=True)
+    prune = config.prune
+    positions = select(rule, labels=class_id_array(dataset), scores=rows, ipc=ipc, reverse=reverse,
+                       seed=config.seed, mis_ratio=prune.mis_ratio, strata=prune.strata,
+                       ccs_score=prune.ccs_score)
+    return positions, keys, frame
+
+
+def prune_selection(config: Config, dataset: datasets.Dataset, rule: str | None = None) -> Selection:
+    """Exactly IPC per class by a pruning rule (config.data.method unless given)."""
+    rule = rule or config.data.method
+    dataset = with_index(dataset)
+    positions, keys, frame = select_rows(config, dataset, rule=rule, ipc=require_ipc(config),
+                                         reverse=config.prune.reverse)
+    return Selection(dataset.select(positions.tolist()), keys[positions], frame)
+
+
+def selection_for(config: Config, dataset: datasets.Dataset) -> Selection:
+    """The Selection of the configured method (a pruning rule or pca)."""
+    if config.data.method == "pca":
+        from pca.pipeline import pca_selection
+
+        return pca_selection(config, dataset)
+    return prune_selection(config, dataset)
+
+
+def _rule_method(rule: str):
+    def method(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
+        return prune_selection(config, dataset, rule).subset
+
+    method.__name__ = f"method_{rule}"
+    method.__doc__ = f"Exactly IPC images per class by {rule} scores (hardest first; prune.reverse: easiest)."
+    return method
+
+
+def method_pca(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
+    """PCA: easiest samples by prune.pca_rule, tiled prune.pca_grid^2 per stored image."""
+    from pca.pipeline import pca_subset
+
+    return pca_subset(config, dataset)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _rows_of(dataset: datasets.Dataset, keys: np.ndarray) -> np.ndarray:
+    """Row positions in `dataset` of the given `index` keys."""
+    all_keys = index_keys(dataset)
+    if np.array_equal(all_keys, np.arange(all_keys.size)):
+        return np.asarray(keys, dtype=np.int64)
+    order = np.argsort(all_keys, kind="stable")
+    rows = order[np.clip(np.searchsorted(all_keys[order], keys), 0, max(order.size - 1, 0))]
+    missing = np.asarray(keys)[all_keys[rows] != keys] if rows.size else np.asarray(keys)
+    if missing.size:
+        raise DataError(f"sample indices {missing[:5].tolist()} are not in the training set: "
+                        f"pass the full training set the subset was chosen from")
+    return rows
+
+
+def subset_manifest(config: Config, indices, scores: pd.DataFrame | None, *,
+                    dataset: datasets.Dataset | None = None, subset: datasets.Dataset | None = None,
+                    tiles: list[list[int]] | None = None, classes: list[str] | None = None) -> dict:
+    """A JSON-ready description of a pruned (or PCA) subset of the full training set.
+
+    indices: `index` keys of the chosen source samples in selection order; scores: the full-set
+    score frame. dataset: the full training set (loaded from the config when None); subset: the
+    stored set (rebuilt when None), whose fingerprint the manifest records.
+    """
+    from orchestrator.methods import load_train_source
+
+    if dataset is None:
+        source = load_train_source(_full_config(config))
+        dataset, classes = source.dataset, classes or source.classes
+    dataset = with_index(dataset)
+    keys = np.asarray(indices, dtype=np.int64)
+    rule = config.data.method
+    if subset is None:
+        subset = selection_for(config, dataset).subset if rule == "pca" else dataset.select(
+            _rows_of(dataset, keys).tolist())
+    rows = dataset.select(_rows_of(dataset, keys).tolist())
+    prune = config.prune
+    is_pca = rule == "pca"
+    parameters: dict = {"el2n_epochs": prune.el2n_epochs, "el2n_reduce": EL2N_REDUCE}
+    if rule == "ccs":
+        parameters.update(mis_ratio=prune.mis_ratio, strata=prune.strata, ccs_score=prune.ccs_score)
+    if is_pca:
+        parameters.update(pca_grid=prune.pca_grid, pca_rule=prune.pca_rule)
+    column = score_column(prune.pca_rule if is_pca else rule, config)
+    score_values = None
+    if scores is not None and column is not None:
+        score_values = [float(v) for v in scores[column].to_numpy(dtype=np.float64)[keys]]
+    sample_ids = arrow_column(rows, "sample_id").to_pylist()
+    id_of = dict(zip(keys.tolist(), sample_ids))
+    manifest = {
+        "kind": "rethinkdc-subset",
+        "version": 1,
+        "source": {"spec": source_spec(_full_config(config)), "split": config.data.train_split,
+                   "image_size": config.data.image_size, "mode": config.data.mode,
+                   "classes": classes, "num_samples": len(dataset)},
+        "rule": rule,
+        "ipc": config.data.ipc,
+        "reverse": True if is_pca else prune.reverse,
+        "seed": config.seed,
+        "parameters": parameters,
+        "pca_grid": prune.pca_grid if is_pca else None,
+        "dynamics": str(dynamics_dir(config)),
+        "num_images": len(subset),
+        "source_ids": sample_ids,
+        "source_indices": keys.tolist(),
+        "class_ids": class_id_array(rows).tolist(),
+        "scores": {"column": column, "values": score_values},
+        "fingerprint": fingerprint(subset),
+    }
+    if tiles is not None:
+        manifest["tiles"] = [[id_of[int(k)] for k in members] for members in tiles]
+    return manifest
+
+
+def _full_config(config: Config) -> Config:
+    """The config whose training source is the full training set (what the dynamics cover)."""
+    from orchestrator.config import replace
+
+    if config.data.method == "full":
+        return config
+    return replace(config, {"data.method": "full", "data.ipc": None})
+
+
+for _rule in PRUNING_RULES:
+    register_method(_rule, _rule_method(_rule))
+register_method("pca", method_pca)
