@@ -7,6 +7,7 @@ Overrides come in one form, `--set section.key=value` (repeatable), plus a few e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,12 +46,17 @@ def config_from_args(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def use_address(address: str | None) -> None:
+    """Ray is started (or joined) lazily, only once a cell really trains; --address beats RAY_ADDRESS."""
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.cell import run_cell
-    from orchestrator.runtime import init_ray
 
     config = config_from_args(args)
-    init_ray(args.address)
+    use_address(args.address)
     result = run_cell(config, force=args.force)
     print(f"cell {result.name}: top-1 final {result.summary['top1_final']:.2f}, "
           f"best {result.summary['top1_best']:.2f} (MLflow run {result.run_id})")
@@ -72,11 +78,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from orchestrator.runtime import init_ray
     from orchestrator.teacher_job import train_teacher
 
     config = config_from_args(args)
-    init_ray(args.address)
+    use_address(args.address)
     path = train_teacher(config, force=args.force)
     print(f"teacher registered at {path}")
     return 0

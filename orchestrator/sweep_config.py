@@ -29,7 +29,8 @@ from orchestrator.errors import ConfigError
 
 AXES = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode", "model": "model.name",
         "seed": "seed"}
-TOP_KEYS = {"name", "experiment", "protocol", "protocols", "set", "axes", "search", "resources", "output_dir"}
+TOP_KEYS = {"name", "experiment", "protocol", "protocols", "set", "axes", "exclude", "search", "resources",
+            "output_dir"}
 SEARCH_KEYS = {"algorithm", "num_samples", "metric", "mode", "space", "scheduler"}
 RESOURCE_KEYS = {"max_concurrent", "trial_cpus"}
 SPACE_KINDS = {"choice", "grid", "uniform", "loguniform", "randint"}
@@ -69,14 +70,14 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     common.update(overrides or {})
     name = raw.get("name") or path.stem
     common.setdefault("experiment", raw.get("experiment") or name)
-    cells = expand_cells(protocols, raw.get("axes") or {}, common)
+    cells = expand_cells(protocols, raw.get("axes") or {}, common, raw.get("exclude") or [])
     resources = raw.get("resources") or {}
     for key in resources:
         if key not in RESOURCE_KEYS:
             raise ConfigError(unknown_key_message(f"resources.{key}", [f"resources.{k}" for k in RESOURCE_KEYS]))
     return Sweep(name=name, experiment=common["experiment"], cells=cells,
                  search=parse_search(raw.get("search")), max_concurrent=int(resources.get("max_concurrent", 1)),
-                 trial_cpus=float(resources.get("trial_cpus", 0)), source=raw)
+                 trial_cpus=float(resources.get("trial_cpus", 0.01)), source=raw)
 
 
 def read_sweep_yaml(path: Path) -> dict:
@@ -98,24 +99,35 @@ def protocol_files(raw: dict, path: Path) -> dict[str, Path]:
                       f"or `protocols: {{hard: ..., soft: ...}}`")
 
 
-def expand_cells(protocols: dict[str, Path], axes: dict, common: dict) -> list[Config]:
-    """The full grid (axes in the order of AXES), each cell a validated Config."""
-    for axis in axes:
-        if axis not in AXES:
-            raise ConfigError(unknown_key_message(f"axes.{axis}", [f"axes.{a}" for a in AXES]))
-    names = [axis for axis in AXES if axis in axes]
-    values = [as_list(axes[axis]) for axis in names]
+def expand_cells(protocols: dict[str, Path], axes: dict | list[dict], common: dict,
+                 exclude: list[dict] | None = None) -> list[Config]:
+    """The grid (axes in the order of AXES), as validated Configs.
+
+    `axes` may be a list of grids (their union: e.g. methods published at different IPCs);
+    `exclude` drops combinations matching every key of one entry (e.g. {method: pca, label_mode: soft}).
+    """
+    grids = axes if isinstance(axes, list) else [axes]
     trees = {mode: read_yaml(file) for mode, file in protocols.items()}
     cells, seen = [], set()
-    for combo in itertools.product(*values):
-        chosen = dict(zip(names, combo))
-        tree = pick_protocol(trees, chosen.get("label_mode"))
-        overrides = {**common, **{AXES[axis]: value for axis, value in chosen.items()}}
-        config = config_from_dict(apply_overrides(tree, overrides))
-        if cell_name(config) not in seen:
-            seen.add(cell_name(config))
-            cells.append(config)
+    for grid in grids:
+        for chosen in grid_points(grid):
+            if any(all(chosen.get(k) == v for k, v in rule.items()) for rule in exclude or []):
+                continue
+            tree = pick_protocol(trees, chosen.get("label_mode"))
+            overrides = {**common, **{AXES[axis]: value for axis, value in chosen.items()}}
+            config = config_from_dict(apply_overrides(tree, overrides))
+            if cell_name(config) not in seen:
+                seen.add(cell_name(config))
+                cells.append(config)
     return cells
+
+
+def grid_points(grid: dict) -> list[dict]:
+    for axis in grid:
+        if axis not in AXES:
+            raise ConfigError(unknown_key_message(f"axes.{axis}", [f"axes.{a}" for a in AXES]))
+    names = [axis for axis in AXES if axis in grid]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(as_list(grid[a]) for a in names))]
 
 
 def pick_protocol(trees: dict[str, dict], label_mode: str | None) -> dict:

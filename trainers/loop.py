@@ -9,6 +9,7 @@ progress, evaluates, and writes checkpoints that hold everything needed to resum
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import tempfile
@@ -60,6 +61,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     config = config_from_dict(loop_config["config"])
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # keep the progress line readable
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()

@@ -519,6 +519,12 @@ def check_class_sets(train: Source, val: Source) -> list[str] | None:
         diffs = [f"{i}: '{a}' vs '{b}'" for i, (a, b) in enumerate(zip(train.classes, val.classes)) if a != b]
         if len(train.classes) != len(val.classes):
             diffs.append(f"{len(train.classes)} vs {len(val.classes)} classes")
+        only_train = [c for c in train.classes if c not in set(val.classes)]
+        only_val = [c for c in val.classes if c not in set(train.classes)]
+        if only_train:
+            diffs.append(f"only in training: {_shown([repr(c) for c in only_train])}")
+        if only_val:
+            diffs.append(f"only in validation: {_shown([repr(c) for c in only_val])}")
         raise DataError(
             f"class names differ between training {train.spec} ({train.split}) and validation "
             f"{val.spec} ({val.split}) (train vs val: {_shown(diffs)}). {hint}"

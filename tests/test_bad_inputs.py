@@ -1,0 +1,86 @@
+"""Bad input gets one clear error naming the problem and the fix (exit code 2, no traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from orchestrator.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+HARD = str(REPO / "configs/fmnist-hard.yaml")
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.err + captured.out
+
+
+def image_folder(root: Path, classes: dict[str, int], size: int = 28) -> Path:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.new("L", (size, size), color=index * 20).save(root / name / f"{index}.png")
+    return root
+
+
+@pytest.fixture
+def base_args(tmp_path, data_root):
+    return ["--config", HARD, "--output-dir", str(tmp_path / "out"), "--set", f"data.root={data_root}",
+            "--epochs", "1"]
+
+
+def test_unknown_config_key(capsys, base_args):
+    code, text = run_cli(capsys, "run", *base_args, "--set", "optim.weight_decy=0.1")
+    assert code == 2 and "unknown config key 'optim.weight_decy'" in text and "optim.weight_decay" in text
+
+
+def test_ipc_larger_than_a_class(capsys, base_args):
+    code, text = run_cli(capsys, "run", *base_args, "--ipc", "7000")
+    assert code == 2 and "IPC 7000" in text and "6000" in text and "lower --ipc" in text
+
+
+def test_missing_dataset_folder(capsys, base_args, tmp_path):
+    code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={tmp_path / 'nowhere'}",
+                         "--method", "first", "--ipc", "1")
+    assert code == 2 and "nowhere" in text
+
+
+def test_corrupt_image(capsys, base_args, tmp_path):
+    train = image_folder(tmp_path / "train", {name: 2 for name in "abcdefghij"})
+    (train / "c" / "1.png").write_bytes(b"not a png at all")
+    code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--method", "first",
+                         "--ipc", "1")
+    assert code == 2 and "c/1.png" in text
+
+
+def test_wrong_folder_layout(capsys, base_args, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index in range(3):
+        Image.new("L", (28, 28)).save(flat / f"{index}.png")
+    code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={flat}", "--method", "first",
+                         "--ipc", "1")
+    assert code == 2 and "sub-folder" in text.replace("subfolder", "sub-folder")
+
+
+def test_class_set_does_not_match_validation(capsys, base_args, tmp_path):
+    train = image_folder(tmp_path / "train", {"a": 2, "b": 2, "c": 2})
+    val = image_folder(tmp_path / "val", {"a": 2, "b": 2})
+    code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--set", f"data.val={val}",
+                         "--set", "data.val_split=train", "--method", "first", "--ipc", "1")
+    assert code == 2 and "'c'" in text and "data.classes" in text
+
+
+def test_hub_key_without_network(capsys, base_args):
+    code, text = run_cli(capsys, "run", *base_args, "--set",
+                         "data.source_template=he-yang/2025-rethinkdc-imagenet-{method}-ipc-{ipc}", "--ipc", "10")
+    assert code == 2 and "he-yang/2025-rethinkdc-imagenet-random-ipc-10" in text and "save_to_disk" in text
+
+
+def test_soft_labels_without_teacher(capsys, base_args):
+    code, text = run_cli(capsys, "run", *base_args, "--label-mode", "soft", "--ipc", "1")
+    assert code == 2 and "teacher" in text and "python -m orchestrator teacher" in text

@@ -1,0 +1,122 @@
+"""Sweeps: grid expansion, dry run, resumption after a kill, ASHA search tracked in MLflow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from orchestrator.errors import ConfigError
+from orchestrator.sweep import run_sweep
+from orchestrator.sweep_config import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"schedule.epochs": 2, "data.ipc": 2, "train.batch_size": 8, "train.threads": 1, "eval.every": 1,
+        "train.checkpoint_every": 1, "train.cpus_per_worker": 0.5}
+
+
+def write_sweep(tmp_path: Path, data_root: Path, **sections) -> Path:
+    body = {"name": "tiny", "protocols": {"hard": str(REPO / "configs/fmnist-hard.yaml"),
+                                          "soft": str(REPO / "configs/fmnist-soft.yaml")},
+            "set": {**TINY, "data.root": str(data_root), "output_dir": str(tmp_path / "out")},
+            "axes": {"method": ["random"], "ipc": [2], "label_mode": ["hard"], "seed": [0, 1, 2]}}
+    body.update(sections)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def cell_runs(out: Path, experiment: str = "tiny", role: str = "cell"):
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{role}'")
+
+
+def test_grid_expansion_and_dry_run(tmp_path, data_root, capsys):
+    path = write_sweep(tmp_path, data_root, axes={"method": ["random", "el2n"], "ipc": [1, 10],
+                                                  "label_mode": ["hard", "soft"], "seed": [0, 1]})
+    sweep = load_sweep(path)
+    assert len(sweep.cells) == 16
+    soft = [c for c in sweep.cells if c.label_mode == "soft"]
+    assert soft and all(c.name == "fmnist-soft" and c.mix.type == "cutmix" for c in soft)
+    assert all(c.schedule.epochs == 2 for c in sweep.cells)  # `set` reaches every cell
+    assert run_sweep(sweep, dry_run=True) == []
+    printed = capsys.readouterr().out
+    assert "16 cells" in printed and "el2n-ipc10-soft-convnet3-s1" in printed
+    assert not (tmp_path / "out").exists()  # a dry run creates nothing
+
+
+def test_sweep_config_errors_name_the_fix(tmp_path, data_root):
+    with pytest.raises(ConfigError, match="did you mean 'axes.seed'"):
+        load_sweep(write_sweep(tmp_path, data_root, axes={"seeds": [0]}))
+    with pytest.raises(ConfigError, match="did you mean 'protocol'"):
+        load_sweep(write_sweep(tmp_path, data_root, protocl="x.yaml"))
+    with pytest.raises(ConfigError, match="loguniform"):
+        load_sweep(write_sweep(tmp_path, data_root, search={"space": {"optim.lr": [0.1, 0.2]}}))
+
+
+def test_shipped_sweeps_expand(tmp_path):
+    counts = {name: len(load_sweep(REPO / "configs/sweeps" / f"{name}.yaml").cells)
+              for name in ("quickstart", "fashion-mnist-benchmark", "imagenet-soft", "imagenet-hard")}
+    assert counts["quickstart"] >= 8
+    assert counts["fashion-mnist-benchmark"] == 6 * 3 * 2 * 3 - 3 * 3  # no soft PCA
+    assert counts["imagenet-hard"] > 30 and counts["imagenet-soft"] > 30
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data_root):
+    path = write_sweep(tmp_path, data_root)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "orchestrator", "sweep", "--config", str(path)]
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and first.poll() is None:
+        if [r for r in cell_runs(out) if r.info.status == "FINISHED"]:
+            break
+        time.sleep(1)
+    assert first.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    finished_before = {r.data.tags["cell"]: r.info.run_id for r in cell_runs(out) if r.info.status == "FINISHED"}
+    assert 1 <= len(finished_before) < 3
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    runs = cell_runs(out)
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # no duplicate runs
+    for cell, run_id in finished_before.items():
+        assert {r.data.tags["cell"]: r.info.run_id for r in runs}[cell] == run_id
+        assert f"[{cell}] already finished" in second.stdout + second.stderr
+
+
+@pytest.mark.slow
+def test_asha_stops_poor_trials_early_and_records_all(ray_cluster, tmp_path, data_root):
+    epochs = 4
+    path = write_sweep(
+        tmp_path, data_root, axes={"method": ["random"], "ipc": [2], "label_mode": ["hard"], "seed": [0]},
+        set={**TINY, "schedule.epochs": epochs, "data.root": str(data_root), "output_dir": str(tmp_path / "out")},
+        search={"algorithm": "grid", "num_samples": 1, "metric": "val/top1", "mode": "max",
+                "space": {"optim.lr": {"grid": [1.0e-6, 1.0e-5, 3.0e-3, 1.0e-2]},
+                          "mix.cutmix_alpha": {"choice": [0.5, 1.0]}},
+                "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
+    results = run_sweep(load_sweep(path))
+    assert len(results) == 1 and results[0]["search/trials"] == 4
+    assert results[0]["search/total_epochs"] < 4 * epochs  # ASHA stopped someone early
+    trials = cell_runs(tmp_path / "out", role="trial")
+    assert len(trials) == 4
+    assert {r.info.status for r in trials} <= {"FINISHED", "KILLED"}
+    assert any(r.info.status == "KILLED" for r in trials)
+    parents = {r.data.tags["mlflow.parentRunId"] for r in trials}
+    search_run = cell_runs(tmp_path / "out", role="search")
+    assert len(search_run) == 1 and parents == {search_run[0].info.run_id}
