@@ -100,20 +100,32 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.report import render_terminal, run_report
+    from orchestrator.report import run_report
     from orchestrator.tracking import default_uri
 
     uri = args.tracking_uri or default_uri(Path(args.output_dir))
     out_dir = Path(args.out or Path(args.output_dir) / "reports" / args.experiment)
-    paths = run_report(uri, args.experiment, out_dir, log=not args.no_log)
+    paths = run_report(uri, args.experiment, out_dir, log=not args.no_log,
+                       parent_run_id=sweep_run_id(uri, args.experiment))
     print(render_terminal_from(paths))
     print(f"report written to {out_dir}")
     return 0
 
 
 def render_terminal_from(paths: dict) -> str:
-    report = paths.get("report.md") or paths.get("markdown")
-    return Path(report).read_text() if report else ""
+    return Path(paths["report.md"]).read_text()
+
+
+def sweep_run_id(uri: str, experiment: str) -> str | None:
+    """The experiment's sweep parent run, where the report is logged back (None: a new report run)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string="tags.role = 'sweep'", max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -152,9 +164,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--force", action="store_true")
     teacher.set_defaults(func=cmd_teacher)
 
+    from orchestrator.bench import add_bench_parser
     from orchestrator.prune_job import add_prune_parser
 
     add_prune_parser(verbs)
+    add_bench_parser(verbs)
 
     data = verbs.add_parser("data", help="dataset utilities").add_subparsers(dest="data_verb", required=True)
     prepare = data.add_parser("prepare", help="convert a dataset into the benchmark schema")

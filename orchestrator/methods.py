@@ -21,7 +21,9 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator.data.select import fingerprint, select_per_class, to_benchmark_table
+import pyarrow.compute as pc
+
+from orchestrator.data.select import arrow_column, fingerprint, select_per_class, to_benchmark_table
 from orchestrator.data.sources import Source, check_images, load_source
 from orchestrator.errors import ConfigError
 
@@ -111,8 +113,9 @@ class PreparedSet:
 
 
 def image_bytes(dataset: datasets.Dataset) -> int:
-    column = dataset.data.column("image")
-    return int(sum(len(cell["bytes"] or b"") for cell in column.to_pylist()))
+    """Stored size of the set's encoded images (selections applied)."""
+    column = arrow_column(dataset, "image").combine_chunks()
+    return int(pc.sum(pc.binary_length(column.field("bytes"))).as_py() or 0)
 
 
 def materialize(dataset: datasets.Dataset, directory: Path, name: str, check: bool) -> PreparedSet:
