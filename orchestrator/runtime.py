@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 LOCAL_OBJECT_STORE_BYTES = 600 * 1024**2
+# Reach every trial and worker, on every node: one tracking server, the same hub settings.
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -14,7 +16,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        env = {"env_vars": {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
+        env = {"env_vars": {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
+        env["env_vars"]["PYTHONUNBUFFERED"] = "1"
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
