@@ -17,6 +17,9 @@ import numpy as np
 from PIL import Image
 
 MATERIALIZE_LIMIT_BYTES = 2 * 1024**3  # decoded size under which a dataset is kept in memory
+# Fractional CPUs for Ray Data tasks: decoding never waits for a whole free core while trials and
+# Train workers (or a placement group ASHA left behind) hold fractions of a small machine.
+DATA_TASK_CPUS = 0.25
 
 
 def open_image(cell, mode: str) -> Image.Image:
@@ -57,7 +60,7 @@ def read_split(path: Path):
     import ray.data
 
     columns = ["image", "class_id", "index"] if _has_index(path) else ["image", "class_id"]
-    return ray.data.read_parquet(str(path)).select_columns(columns)
+    return ray.data.read_parquet(str(path), ray_remote_args={"num_cpus": DATA_TASK_CPUS}).select_columns(columns)
 
 
 def _has_index(path: Path) -> bool:
@@ -70,7 +73,7 @@ def _has_index(path: Path) -> bool:
 def train_dataset(path: Path, *, mode: str, num_rows: int, image_size: int, batch_rows: int = 256):
     """Decoded training set (image uint8 HWC, label, key); materialised when it fits in memory."""
     dataset = read_split(path).map_batches(partial(decode_train_batch, mode=mode, size=image_size),
-                                           batch_size=batch_rows, batch_format="numpy")
+                                           batch_size=batch_rows, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
     return maybe_materialize(dataset, num_rows * image_size * image_size * (1 if mode == "L" else 3))
 
 
@@ -78,7 +81,7 @@ def val_dataset(path: Path, *, mode: str, num_rows: int, resize: int, crop: int,
                 batch_rows: int = 256):
     """Validation set, decoded and transformed once (resize, center crop, normalise)."""
     fn = partial(decode_val_batch, mode=mode, resize=resize, crop=crop, mean=tuple(mean), std=tuple(std))
-    dataset = read_split(path).map_batches(fn, batch_size=batch_rows, batch_format="numpy")
+    dataset = read_split(path).map_batches(fn, batch_size=batch_rows, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
     channels = 1 if mode == "L" else 3
     return maybe_materialize(dataset, num_rows * crop * crop * channels * 4)
 
