@@ -477,14 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator bench", description=__doc__.splitlines()[0])
     configure_parser(parser)
     parser.set_defaults(func=cmd_bench)
-    args = parser.parse_args(argv)
-    from orchestrator.errors import OrchestratorError
+    from orchestrator.cli import run_parsed
 
-    try:
-        return cmd_bench(args)
-    except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_parsed(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -198,7 +198,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    return run_parsed(get_args_parser().parse_args(argv))
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed verb: project errors become one `error:` line and exit code 2, no traceback."""
     try:
         return args.func(args)
     except OrchestratorError as exc:

@@ -266,15 +266,10 @@ def add_submit_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m orchestrator.cluster ...`: the submit verb on its own (same flags)."""
-    from orchestrator.errors import OrchestratorError
-
     parser = argparse.ArgumentParser(prog="python -m orchestrator.cluster")
-    args = add_submit_parser(parser.add_subparsers(dest="verb_name")).parse_args(argv)
-    try:
-        return cmd_submit(args)
-    except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from orchestrator.cli import run_parsed
+
+    return run_parsed(add_submit_parser(parser.add_subparsers(dest="verb_name")).parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class TeacherConfig:
     temperature: float = 20.0
     epochs: int = 6  # how long `orchestrator teacher` trains it on the full training set
     batch_size: int = 256
+    crop_scale: tuple[float, float] = (0.35, 1.0)  # its RandomResizedCrop: a teacher should be accurate
 
 
 @dataclass(frozen=True)

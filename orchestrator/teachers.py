@@ -38,6 +38,7 @@ def teacher_training_config(config: Config) -> Config:
     return replace(config, {"data.method": "full", "data.ipc": None, "label_mode": "hard",
                             "model.name": config.teacher.model, "schedule.epochs": config.teacher.epochs,
                             "train.batch_size": config.teacher.batch_size, "mix.type": "none",
+                            "augment.scale": list(config.teacher.crop_scale),
                             "eval.every": 1, "train.checkpoint_every": 1, "teacher.source": "auto"})
 
 
