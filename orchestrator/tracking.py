@@ -77,11 +77,18 @@ def start_run(uri: str, experiment_id: str, config: Config, *, cell: str, role: 
 def log_params(uri: str, run_id: str, config: Config) -> None:
     flat = flatten(config)
     params = {key: flat[dotted] for key, dotted in CELL_PARAMS.items()}
+    params["method"] = method_label(config)
     params.update(flat)
     batch = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
     client = MlflowClient(uri)
     for start in range(0, len(batch), 90):
         client.log_batch(run_id, params=batch[start:start + 90])
+
+
+def method_label(config: Config) -> str:
+    """The method as tables show it: easy-first (reversed) pruning rules are their own method."""
+    reverse = getattr(getattr(config, "prune", None), "reverse", False)
+    return f"{config.data.method}-easy" if reverse and config.data.method != "pca" else config.data.method
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:

@@ -43,3 +43,12 @@ def test_unknown_method_suggests_a_registered_one(config):
 
     with pytest.raises(ConfigError, match="did you mean 'el2n'"):
         method_fn(replace(config, {"data.method": "el2m"}))
+
+
+def test_easy_first_rules_are_reported_as_their_own_method(config):
+    from orchestrator.config import replace
+    from orchestrator.tracking import method_label
+
+    assert method_label(replace(config, {"data.method": "el2n"})) == "el2n"
+    assert method_label(replace(config, {"data.method": "el2n", "prune.reverse": True})) == "el2n-easy"
+    assert method_label(replace(config, {"data.method": "pca"})) == "pca"
