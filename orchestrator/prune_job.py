@@ -75,7 +75,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     print(f"{rule} subset: {manifest['num_images']} images ({config.data.ipc} per class), "
           f"fingerprint {manifest['fingerprint']}, written to {folder}")
-    print(f"train on it with --set data.train={folder / DATA_FILE} --method full")
+    if manifest.get("rule") == "pca" or rule == "pca":
+        print(f"benchmark it with --method pca (tile-constrained crops need the method; this folder is "
+              f"the same set, cached by fingerprint)")
+    else:
+        print(f"train on it with --set data.train={folder / DATA_FILE} --method full")
     return 0
 
 
