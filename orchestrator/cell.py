@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import tracking
@@ -32,7 +32,6 @@ class CellResult:
     fingerprint: str
     checkpoint_dir: Path | None = None
     skipped: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
