@@ -70,6 +70,8 @@ def test_shipped_sweeps_expand(tmp_path):
     assert counts["quickstart"] >= 8
     assert counts["fashion-mnist-benchmark"] == 6 * 3 * 2 * 3 - 3 * 3  # no soft PCA
     assert counts["imagenet-hard"] > 30 and counts["imagenet-soft"] > 30
+    asha = load_sweep(REPO / "configs/sweeps/asha-lr-cutmix.yaml")
+    assert asha.search.scheduler["type"] == "asha" and set(asha.search.space) == {"optim.lr", "mix.cutmix_alpha"}
 
 
 @pytest.mark.slow
