@@ -74,24 +74,25 @@ def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def test_killed_cell_resumes_from_checkpoint_with_same_metrics(ray_cluster, tiny_config, tmp_path, data_root):
-    overrides = {"schedule.epochs": 4, "data.ipc": 5, "train.threads": 1}
+    overrides = {"schedule.epochs": 5, "data.ipc": 5, "train.threads": 1}
     reference = run_cell(tiny_config(**{**overrides, "output_dir": str(tmp_path / "reference")}))
 
     out = tmp_path / "killed"
     config = tiny_config(**{**overrides, "output_dir": str(out)})
     args = ["run", "--config", str(REPO / "configs/fmnist-hard.yaml"), "--output-dir", str(out),
-            "--ipc", "5", "--epochs", "4", "--set", f"data.root={data_root}", "--set", "train.batch_size=8",
+            "--ipc", "5", "--epochs", "5", "--set", f"data.root={data_root}", "--set", "train.batch_size=8",
             "--set", "eval.every=1", "--set", "train.checkpoint_every=1", "--set", "train.threads=1",
             "--set", "train.cpus_per_worker=0.5"]
     run_dir = out / "ray_results" / cell_name(config)
     process = run_cli(args)
     deadline = time.time() + 300
-    while not list(run_dir.glob("checkpoint_*")) and time.time() < deadline and process.poll() is None:
+    # Kill once a second checkpoint exists: the first is then surely registered by Ray Train.
+    while len(list(run_dir.glob("checkpoint_*"))) < 2 and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
     assert process.poll() is None, "the cell finished before it could be killed: " + process.stdout.read()
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert len(list(run_dir.glob("checkpoint_*"))) < 4
+    assert len(list(run_dir.glob("checkpoint_*"))) < 5
 
     resumed = run_cli(args)
     output, _ = resumed.communicate(timeout=600)
