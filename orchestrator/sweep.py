@@ -105,13 +105,17 @@ def search_space(search: Search) -> dict:
     return {key: builders[kind](arg) for key, spec in search.space.items() for kind, arg in spec.items()}
 
 
+def trial_config(params: dict) -> Config:
+    """The cell's config with one trial's sampled values applied."""
+    overrides = {key: value for key, value in params.items() if key not in ("cell", "parent_run_id")}
+    return config_from_dict(apply_overrides(params["cell"], overrides))
+
+
 def search_trial(params: dict) -> None:
     """One tuning trial: the cell's config plus the sampled values, reporting every epoch to Tune."""
     from orchestrator.cell import run_cell
 
-    overrides = {key: value for key, value in params.items() if key not in ("cell", "parent_run_id")}
-    config = config_from_dict(apply_overrides(params["cell"], overrides))
-    run_cell(config, parent_run_id=params["parent_run_id"], role="trial", tune_report=True)
+    run_cell(trial_config(params), parent_run_id=params["parent_run_id"], role="trial", tune_report=True)
 
 
 def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) -> dict:
@@ -136,7 +140,7 @@ def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) ->
     )
     grid = tuner.fit()
     best = grid.get_best_result(metric=search.metric, mode=search.mode)
-    close_stopped_trials(uri, experiment_id, cell_run)
+    close_stopped_trials(uri, experiment_id, grid)
     summary = {"val/top1_best": best.metrics.get(search.metric), "search/trials": len(grid),
                "search/total_epochs": sum((r.metrics or {}).get("epoch", 0) for r in grid)}
     tracking.log_metrics(uri, cell_run, summary)
@@ -163,16 +167,25 @@ def scheduler(search: Search, cell: Config):
     return ASHAScheduler(time_attr="training_iteration", **options)
 
 
-def close_stopped_trials(uri: str, experiment_id: str, parent_run: str) -> None:
-    """Trials ASHA stopped leave their MLflow runs RUNNING: mark them KILLED (stopped early)."""
+def close_stopped_trials(uri: str, experiment_id: str, grid) -> None:
+    """Mark trials the scheduler stopped early KILLED (tag `stopped_early`).
+
+    Tune's verdict decides: a trial without an error that did not finish was stopped by the scheduler,
+    whatever state the interruption left its MLflow run in (RUNNING, or FAILED when the stop reached
+    the training loop as an exception).
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run}' "
-                                                             f"and attributes.status = 'RUNNING'")
-    for run in runs:
-        client.set_tag(run.info.run_id, "stopped_early", "true")
-        client.set_terminated(run.info.run_id, "KILLED")
+    for result in grid:
+        run = tracking.find_run(uri, experiment_id, cell=cell_name(trial_config(result.config)), role="trial")
+        if run is None or run.info.status == "FINISHED":
+            continue
+        if result.error is None:
+            client.set_tag(run.info.run_id, "stopped_early", "true")
+            client.set_terminated(run.info.run_id, "KILLED")
+        elif run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def load_and_run(path: Path, overrides: dict, address: str | None, dry_run: bool) -> list[dict]:
