@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -235,7 +236,7 @@ def restore(checkpoint, model, optimizer, scheduler) -> History:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     history = History(**state["history"])
-    print(f"resuming from checkpoint after epoch {history.epochs_done}", flush=True)
+    console(f"resuming from checkpoint after epoch {history.epochs_done}")
     return history
 
 
@@ -269,7 +270,16 @@ class MetricLogger:
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[
                 Metric(key, float(value), now, epoch) for key, value in metrics.items()])
-        print(progress_line(self.label, epoch, epochs, metrics, history), flush=True)
+        console(progress_line(self.label, epoch, epochs, metrics, history))
+
+
+def console(line: str) -> None:
+    """Print once to the worker's real stdout (Ray forwards it to the driver).
+
+    Ray Train patches `print` on its workers to both echo and log each line, which shows every
+    progress line twice on the driver; writing to the process's own stdout bypasses that.
+    """
+    print(line, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 def progress_line(label: str, epoch: int, epochs: int, metrics: dict, history: History) -> str:
