@@ -24,6 +24,19 @@ def test_published_protocols_match_protocol_md():
     assert soft.teacher.source.startswith("timm:resnet18")
 
 
+def test_fashion_mnist_protocols_keep_the_published_recipe():
+    """Only the scale changes (28 px, ConvNet-3, own teacher): optimiser, schedule, batch, augmentation,
+    loss and mixing are the published ones, so soft vs hard compares the same recipe."""
+    for small, published in (("fmnist-hard.yaml", "hard.yaml"), ("fmnist-soft.yaml", "soft.yaml")):
+        small, published = load_config(CONFIGS / small), load_config(CONFIGS / published)
+        assert small.optim == published.optim and small.schedule == published.schedule
+        assert small.train.batch_size == published.train.batch_size and small.augment == published.augment
+        assert (small.label_mode, small.mix.type, small.mix.cutmix_alpha) == (
+            published.label_mode, published.mix.type, published.mix.cutmix_alpha)
+        assert small.teacher.temperature == published.teacher.temperature
+        assert (small.data.image_size, small.model.name) == (28, "convnet3")
+
+
 def test_base_inheritance_and_override_precedence():
     cfg = load_config(CONFIGS / "fmnist-soft.yaml", ["optim.lr=0.01", "data.ipc=50"])
     assert cfg.name == "fmnist-soft" and cfg.data.train == "fashion-mnist"  # inherited
