@@ -357,6 +357,20 @@ def replace(config: Config, overrides: dict[str, Any]) -> Config:
     return config_from_dict(apply_overrides(to_dict(config), overrides))
 
 
+def anchor_paths(config: Config) -> Config:
+    """Relative local paths made absolute against the launching directory.
+
+    Ray Tune runs every trial in its own working directory, so a relative `output_dir` (or image
+    folder, or teacher file) would resolve to a different place in each trial.
+    """
+    overrides: dict[str, Any] = {"output_dir": str(config.out)}
+    for key, value in (("data.train", config.data.train), ("data.val", config.data.val),
+                       ("teacher.source", config.teacher.source)):
+        if value and not Path(value).expanduser().is_absolute() and Path(value).expanduser().exists():
+            overrides[key] = str(Path(value).expanduser().resolve())
+    return replace(config, overrides)
+
+
 RUN_ONLY_KEYS = {"output_dir", "experiment", "data.root", "train.checkpoint_every",
                  "train.keep_checkpoints", "data.check_images", "eval.batch_size"}
 

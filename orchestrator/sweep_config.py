@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import Config, apply_overrides, cell_name, config_from_dict, read_yaml, \
-    unknown_key_message
+from orchestrator.config import (Config, anchor_paths, apply_overrides, cell_name, config_from_dict, read_yaml,
+                                 unknown_key_message)
 from orchestrator.errors import ConfigError
 
 AXES = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode", "model": "model.name",
@@ -115,7 +115,7 @@ def expand_cells(protocols: dict[str, Path], axes: dict | list[dict], common: di
                 continue
             tree = pick_protocol(trees, chosen.get("label_mode"))
             overrides = {**common, **{AXES[axis]: value for axis, value in chosen.items()}}
-            config = config_from_dict(apply_overrides(tree, overrides))
+            config = anchor_paths(config_from_dict(apply_overrides(tree, overrides)))
             if cell_name(config) not in seen:
                 seen.add(cell_name(config))
                 cells.append(config)

@@ -74,6 +74,28 @@ def test_shipped_sweeps_expand(tmp_path):
     assert asha.search.scheduler["type"] == "asha" and set(asha.search.space) == {"optim.lr", "mix.cutmix_alpha"}
 
 
+def test_relative_paths_are_anchored_where_the_sweep_is_launched(tmp_path, data_root, monkeypatch):
+    (tmp_path / "images").mkdir()
+    path = write_sweep(tmp_path, data_root, set={**TINY, "data.root": str(data_root), "output_dir": "out"})
+    monkeypatch.chdir(tmp_path)
+    cells = load_sweep(path, {"data.val": "images"}).cells
+    assert {c.output_dir for c in cells} == {str(tmp_path / "out")}  # Tune trials run elsewhere
+    assert {c.data.val for c in cells} == {str(tmp_path / "images")}  # an existing relative folder
+    assert {c.data.train for c in cells} == {"fashion-mnist"}  # a registered name is left alone
+
+
+@pytest.mark.slow
+def test_sweep_with_relative_output_dir_tracks_cells_there(ray_cluster, tmp_path, data_root, monkeypatch):
+    path = write_sweep(tmp_path, data_root, axes={"method": ["random"], "ipc": [2], "label_mode": ["hard"],
+                                                  "seed": [0]},
+                       set={**TINY, "data.root": str(data_root), "output_dir": "out"})
+    monkeypatch.chdir(tmp_path)
+    results = run_sweep(load_sweep(path))
+    assert results[0]["top1_final"] is not None
+    runs = cell_runs(tmp_path / "out")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data_root):
     path = write_sweep(tmp_path, data_root)
