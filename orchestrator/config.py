@@ -366,8 +366,9 @@ def anchor_paths(config: Config) -> Config:
     overrides: dict[str, Any] = {"output_dir": str(config.out)}
     for key, value in (("data.train", config.data.train), ("data.val", config.data.val),
                        ("teacher.source", config.teacher.source)):
-        if value and not Path(value).expanduser().is_absolute() and Path(value).expanduser().exists():
-            overrides[key] = str(Path(value).expanduser().resolve())
+        path = Path(value).expanduser() if value else None
+        if path is not None and not path.is_absolute() and path.exists():
+            overrides[key] = str(path.resolve())
     return replace(config, overrides)
 
 

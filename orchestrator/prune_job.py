@@ -75,9 +75,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     print(f"{rule} subset: {manifest['num_images']} images ({config.data.ipc} per class), "
           f"fingerprint {manifest['fingerprint']}, written to {folder}")
-    if manifest.get("rule") == "pca" or rule == "pca":
-        print(f"benchmark it with --method pca (tile-constrained crops need the method; this folder is "
-              f"the same set, cached by fingerprint)")
+    if rule == "pca":
+        print("benchmark it with --method pca (tile-constrained crops need the method; this folder is "
+              "the same set, cached by fingerprint)")
     else:
         print(f"train on it with --set data.train={folder / DATA_FILE} --method full")
     return 0

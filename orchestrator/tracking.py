@@ -87,8 +87,8 @@ def log_params(uri: str, run_id: str, config: Config) -> None:
 
 def method_label(config: Config) -> str:
     """The method as tables show it: easy-first (reversed) pruning rules are their own method."""
-    reverse = getattr(getattr(config, "prune", None), "reverse", False)
-    return f"{config.data.method}-easy" if reverse and config.data.method != "pca" else config.data.method
+    method = config.data.method
+    return f"{method}-easy" if config.prune.reverse and method != "pca" else method
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
