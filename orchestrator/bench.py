@@ -169,8 +169,9 @@ def training_split(ctx: BenchContext):
 
 
 def bench_pipeline(ctx: BenchContext) -> dict[str, Figure]:
-    """Ray Data end to end: read_parquet + decode (materialized) + one epoch of train_batches."""
-    from orchestrator.data.pipeline import train_batches, train_dataset
+    """Ray Data end to end: read_parquet + decode (materialized) + one epoch of a worker's batches."""
+    from orchestrator.data.pipeline import decoded_arrays, train_dataset
+    from trainers.batches import MemoryBatches, augment_settings
 
     started = time.perf_counter()
     config, split = training_split(ctx)
@@ -180,17 +181,16 @@ def bench_pipeline(ctx: BenchContext) -> dict[str, Figure]:
     ray_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    dataset = train_dataset(split.path, mode=config.data.mode, num_rows=split.num_rows,
-                            image_size=config.data.image_size)
+    arrays = decoded_arrays(train_dataset(split.path, mode=config.data.mode, num_rows=split.num_rows,
+                                          image_size=config.data.image_size))
     decode_seconds = time.perf_counter() - started
     started = time.perf_counter()
+    augment = augment_settings(config)
+    steps, _ = MemoryBatches(arrays, grid=1, tile_views="image", augment=augment).steps(
+        0, batch_size=config.train.batch_size, world=1, rank=0, accum=1)
     seen = batches = 0
-    for batch in train_batches(dataset, epoch=0, seed=config.seed, batch_size=config.train.batch_size,
-                               size=config.model.input_size, scale=config.augment.scale,
-                               ratio=config.augment.ratio, hflip=config.augment.hflip,
-                               mean=config.data.mean, std=config.data.std,
-                               shuffle_buffer=config.train.shuffle_buffer):
-        seen += len(batch["label"])
+    for step in steps:
+        seen += sum(len(micro.label) for micro in step)
         batches += 1
     iterate_seconds = time.perf_counter() - started
     if seen != split.num_rows:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.config import Config, cell_name, to_dict
-from orchestrator.data.pipeline import train_dataset, val_dataset
+from orchestrator.data.pipeline import decoded_arrays, fits_in_memory, train_dataset, val_dataset
 from orchestrator.data.sources import check_class_sets
 from orchestrator.methods import PreparedSet, build_training_set, build_val_set, load_train_source, \
     load_val_source
@@ -87,6 +87,7 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
 def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_id: str,
         teacher: str | None, dynamics_dir: Path | None, tune_report: bool = False) -> tuple[dict, Path]:
     """Build the TorchTrainer (same name + storage path => resume) and run it."""
+    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -100,13 +101,18 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                            resize=config.eval.resize, crop=config.eval.crop, mean=config.data.mean,
                            std=config.data.std),
     }
+    train_arrays = None
+    if fits_in_memory(data.train.num_rows, image_size=config.data.image_size, mode=config.data.mode):
+        # The whole set goes to every worker once (object store): each epoch is one uniform shuffle.
+        train_arrays = ray.put(decoded_arrays(datasets.pop("train")))
     gpu = use_gpu(config.train.use_gpu)
     resources = {"CPU": config.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "num_classes": data.num_classes, "teacher": teacher,
                            "mlflow_uri": uri, "run_id": run_id, "cell": name,
-                           "dynamics_dir": str(dynamics_dir) if dynamics_dir else None},
+                           "dynamics_dir": str(dynamics_dir) if dynamics_dir else None,
+                           "train_arrays": train_arrays},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
@@ -114,7 +120,7 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                              failure_config=FailureConfig(max_failures=0),
                              callbacks=tune_callbacks() if tune_report else None),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
     )
     started = time.perf_counter()
     result = trainer.fit()

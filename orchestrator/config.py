@@ -36,6 +36,7 @@ class DataConfig:
     method: str = "random"  # a registered method: random, first, full, a pruning rule, pca, ...
     ipc: int | None = 10  # images per class; None keeps every image
     source_template: str | None = None  # e.g. "he-yang/2025-rethinkdc-imagenet-{method}-ipc-{ipc}"
+    hub_methods: list[str] | None = None  # methods the template provides; None = all but full
     image_size: int = 28  # storage resolution of every image
     mode: str = "L"  # "L" (grey) or "RGB"
     classes: list[str] | None = None  # explicit class list, index = class id
@@ -125,6 +126,7 @@ class PruneConfig:
     ccs_score: str = "aum"  # ccs: the score it stratifies (forgetting | el2n | aum)
     reverse: bool = False  # forgetting/el2n/aum: keep the easiest samples instead of the hardest
     pca_grid: int = 2  # pca: grid x grid whole images tiled into one stored image
+    pca_views: str = "image"  # pca Augment: one view per stored image per epoch, or one per "tile"
     pca_rule: str = "el2n"  # pca: the rule whose easiest samples it keeps
 
 
@@ -171,6 +173,7 @@ CHOICES = {
     "mix.type": {"none", "mixup", "cutmix", "both"},
     "prune.ccs_score": {"forgetting", "el2n", "aum"},
     "prune.pca_rule": {"forgetting", "el2n", "aum"},
+    "prune.pca_views": {"image", "tile"},
 }
 POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum", "train.checkpoint_every",
             "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",

@@ -58,10 +58,22 @@ def require_ipc(config: Config) -> int:
     return config.data.ipc
 
 
+def from_template(config: Config) -> bool:
+    """True when the cell's set is a published one (data.source_template) rather than made here.
+
+    `data.hub_methods` lists the methods the template provides; the others (full, PCA, ...) are
+    computed from the local training set `data.train` (e.g. an ImageNet train folder).
+    """
+    template, hub = config.data.source_template, config.data.hub_methods
+    if not template:
+        return False
+    return config.data.method in hub if hub is not None else config.data.method != "full"
+
+
 def method_fn(config: Config) -> MethodFn:
     """Template sources (hub sets per method and IPC) take the first IPC per class; else the registry."""
     name = config.data.method
-    if config.data.source_template and name != "full":
+    if from_template(config):
         return method_first
     _load_plugins()
     if name not in METHODS:
@@ -81,7 +93,7 @@ def _load_plugins() -> None:
 
 
 def source_spec(config: Config) -> str:
-    if config.data.source_template and config.data.method != "full":
+    if from_template(config):
         return config.data.source_template.format(method=config.data.method, ipc=config.data.ipc)
     return config.data.train
 

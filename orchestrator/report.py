@@ -81,6 +81,7 @@ METRIC_KEYS: dict[str, str] = {
     "images_per_s": "throughput/images_per_s",
     "image_bytes": "storage/image_bytes",
     "soft_label_bytes": "storage/soft_label_bytes",
+    "optimizer_steps": "train/optimizer_steps",
 }
 ACCURACY_COLUMNS = ("top1_final", "top1_best", "top5_final", "top5_best")
 METRIC_LABELS = {
@@ -94,7 +95,7 @@ METRIC_LABELS = {
 CELL_COLUMNS = (
     "method", "ipc", "label_mode", "model", "seed", "protocol",
     "top1_final", "top1_best", "top5_final", "top5_best",
-    "train_s", "images_per_s", "image_bytes", "soft_label_bytes",
+    "train_s", "images_per_s", "image_bytes", "soft_label_bytes", "optimizer_steps",
     "run_id", "fingerprint", "parent_run_id", "end_time",
 )
 
@@ -599,12 +600,14 @@ def storage_table(df: pd.DataFrame, *, human: bool = True) -> pd.DataFrame:
     """Storage and cost per (protocol, label_mode, model, method, ipc).
 
     Columns: the keys, ``n`` (runs), ``image_bytes``, ``soft_label_bytes``, ``total_bytes`` (means
-    over seeds), ``train_s`` (mean training time) and ``images_per_s`` (mean throughput). With
+    over seeds), ``train_s`` (mean training time), ``images_per_s`` (mean throughput) and
+    ``optimizer_steps`` (mean total steps: rows that train more steps at one IPC show it). With
     ``human=True`` (default) bytes and times are strings in human units (KiB/MiB/GiB, s/min/h);
     with ``human=False`` they are numbers. ``full`` rows have no IPC.
     """
     keys = ["protocol", "label_mode", "model", "method", "ipc"]
-    cols = keys + ["n", "image_bytes", "soft_label_bytes", "total_bytes", "train_s", "images_per_s"]
+    cols = keys + ["n", "image_bytes", "soft_label_bytes", "total_bytes", "train_s", "images_per_s",
+                   "optimizer_steps"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     rows = []
@@ -615,7 +618,8 @@ def storage_table(df: pd.DataFrame, *, human: bool = True) -> pd.DataFrame:
         rows.append(dict(zip(keys, k), n=len(sub), image_bytes=img, soft_label_bytes=soft,
                          total_bytes=img + soft_or_zero if math.isfinite(img) else math.nan,
                          train_s=float(sub["train_s"].mean()),
-                         images_per_s=float(sub["images_per_s"].mean())))
+                         images_per_s=float(sub["images_per_s"].mean()),
+                         optimizer_steps=float(sub["optimizer_steps"].mean())))
     out = pd.DataFrame(rows, columns=cols)
     out["ipc"] = out["ipc"].astype("Int64")
     order = {m: i for i, m in enumerate(method_order(out["method"]))}
@@ -627,8 +631,8 @@ def storage_table(df: pd.DataFrame, *, human: bool = True) -> pd.DataFrame:
         for c in ("image_bytes", "soft_label_bytes", "total_bytes"):
             out[c] = out[c].map(human_bytes).astype(object)
         out["train_s"] = out["train_s"].map(human_seconds).astype(object)
-        out["images_per_s"] = out["images_per_s"].map(
-            lambda v: _DASH if _isna(v) else f"{v:,.0f}").astype(object)
+        for c in ("images_per_s", "optimizer_steps"):
+            out[c] = out[c].map(lambda v: _DASH if _isna(v) else f"{v:,.0f}").astype(object)
     return out
 
 

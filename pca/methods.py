@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from orchestrator.config import Config
 from orchestrator.data.select import arrow_column, class_id_array, fingerprint
 from orchestrator.errors import DataError
-from orchestrator.methods import register_method, require_ipc, source_spec, with_index
+from orchestrator.methods import from_template, register_method, require_ipc, source_spec, with_index
 from orchestrator.teachers import dynamics_dir
 from pca.scores import SCORE_COLUMNS, compute_scores
 from pca.select import RULES, select
@@ -59,7 +59,7 @@ class Selection:
 
 def needs_dynamics(config: Config) -> bool:
     """Whether the configured method reads training dynamics (template sources never do)."""
-    return config.data.method in DYNAMICS_METHODS and not config.data.source_template
+    return config.data.method in DYNAMICS_METHODS and not from_template(config)
 
 
 def missing_dynamics_error(dyn_dir: Path) -> DataError:

@@ -104,3 +104,20 @@ def test_unreachable_hub_suggests_local_teacher(monkeypatch) -> None:
 def test_hub_teacher_with_wrong_class_count_is_refused() -> None:
     with pytest.raises(ConfigError, match="1000 classes"):
         load_teacher("timm:resnet18", num_classes=10, in_chans=3, img_size=32, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_small"])
+def test_resnet_students_are_initialised_like_torchvision_resnet18(name):
+    """docs/protocol.md §Students: the reference trains torchvision's resnet18, which does not zero
+    the last BatchNorm of each residual block (timm's default does)."""
+    import torchvision
+
+    student = create_student(name, num_classes=10, in_chans=3, img_size=32)
+    reference = torchvision.models.resnet18(num_classes=10)
+    assert set(reference.state_dict()) == set(student.state_dict())
+    for block_name, block in student.named_modules():
+        if hasattr(block, "bn2") and hasattr(block, "conv2"):
+            assert torch.equal(block.bn2.weight, torch.ones_like(block.bn2.weight)), block_name
+    for (key, ours), theirs in zip(sorted(student.state_dict().items()), [v for _, v in sorted(reference.state_dict().items())]):
+        if key.endswith("conv2.weight") and key.startswith("layer"):
+            assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.2), key  # same kaiming fan_out

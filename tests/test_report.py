@@ -55,6 +55,7 @@ def _log_cell(client, exp_id, *, protocol, label_mode, method, ipc, seed, top1, 
         "time/train_s": TRAIN_S.get(ipc, 3600.0), "throughput/images_per_s": 1000.0,
         "storage/image_bytes": IMAGE_BYTES.get(ipc, 30 * 1024**2),
         "storage/soft_label_bytes": soft,
+        "train/optimizer_steps": 300 * (4 if method == "pca" else 1) * (ipc or 600),  # PCA: a view per tile
     }
     if fraction:  # accuracies logged in [0, 1] instead of percent
         metrics = {k: v / 100 if k.startswith("val/") else v for k, v in metrics.items()}
@@ -278,6 +279,10 @@ def test_storage_table(df):
     hard = report.storage_table(_group(df, "fmnist-hard"), human=False)
     assert (hard["soft_label_bytes"] == 0).all()
     assert hard.loc[hard.method == "full", "train_s"].iloc[0] == pytest.approx(3600.0)
+    # compute-unequal rows are visible: PCA trained 4x the optimizer steps of random at IPC 10
+    steps = hard[hard.ipc == 10].set_index("method")["optimizer_steps"]
+    assert steps["pca"] == 4 * steps["random"] == 12000
+    assert st[(st.method == "el2n") & (st.ipc == 10)].iloc[0]["optimizer_steps"] == "3,000"
     assert report.human_bytes(512) == "512 B" and report.human_seconds(7200) == "2.00 h"
 
 

@@ -23,8 +23,8 @@ import torch
 
 import trainers.models  # noqa: F401  (registers convnet3 / resnet18_small in timm)
 from orchestrator.config import Config, config_from_dict
-from orchestrator.data.pipeline import train_batches, val_batches
-from trainers.augment import train_views  # noqa: F401  (imported early: fail fast on workers)
+from orchestrator.data.pipeline import val_batches
+from trainers.batches import MemoryBatches, augment_settings, stream_steps
 from trainers.evaluate import Accuracy
 from trainers.losses import compute_loss
 from trainers.mix import build_mixup, mix_batch
@@ -47,6 +47,8 @@ class History:
     last_eval: dict = field(default_factory=dict)
     train_seconds: float = 0.0
     images_seen: int = 0
+    optimizer_steps: int = 0  # cumulative, global (one step = one global batch)
+    samples_seen: int = 0  # cumulative views trained on, all ranks together
 
 
 def seed_everything(seed: int, epoch: int, rank: int) -> None:
@@ -70,15 +72,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
 
-    torch.manual_seed(config.seed)
     num_classes = loop_config["num_classes"]
-    model = create_student(config.model.name, num_classes=num_classes, in_chans=config.in_chans,
-                           img_size=config.model.input_size)
-    optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
-                                weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
-    scheduler = build_scheduler(optimizer, epochs=config.schedule.epochs,
-                                warmup_epochs=config.schedule.warmup_epochs)
-    history = restore(ray.train.get_checkpoint(), model, optimizer, scheduler)
+    model, optimizer, scheduler, history = build_training_state(config, num_classes, device,
+                                                                ray.train.get_checkpoint())
     model = ray.train.torch.prepare_model(model)
     teacher = None
     if config.label_mode == "soft":
@@ -90,24 +86,29 @@ def train_loop_per_worker(loop_config: dict) -> None:
     logger = MetricLogger(loop_config, rank)
     dynamics = open_dynamics(loop_config, rank)
 
-    train_shard = ray.train.get_dataset_shard("train")
+    epoch_steps = training_steps(loop_config, config, rank, world)
     val_shard = ray.train.get_dataset_shard("val")
     epochs = config.schedule.epochs
     for epoch in range(history.epochs_done, epochs):
         seed_everything(config.seed, epoch, rank)
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss, seen = train_one_epoch(config, model, teacher, mixup, optimizer, train_shard, epoch,
-                                     device, dynamics)
+        steps, samples = epoch_steps(epoch)
+        loss, seen, step_count = train_one_epoch(config, model, teacher, mixup, optimizer, steps, epoch,
+                                                 device, dynamics)
+        samples = samples if samples is not None else seen * world
         scheduler.step()
         elapsed = time.perf_counter() - start
         history.train_seconds += elapsed
-        history.images_seen += seen * world
+        history.images_seen += samples
+        history.optimizer_steps += step_count
+        history.samples_seen += samples
         history.epochs_done = epoch + 1
         eval_start = time.perf_counter()
         evaluation = maybe_evaluate(config, model, val_shard, epoch, num_classes, device, rank, history)
         metrics = {"train/loss": loss, "train/lr": lr, "train/epoch_s": elapsed,
-                   "train/images_per_s": seen * world / max(elapsed, 1e-9)}
+                   "train/images_per_s": samples / max(elapsed, 1e-9),
+                   "train/optimizer_steps": history.optimizer_steps, "train/samples_seen": history.samples_seen}
         metrics.update({f"val/{k}": v for k, v in evaluation.items() if k in ("top1", "top5", "loss")})
         if evaluation:
             metrics["val/eval_s"] = time.perf_counter() - eval_start
@@ -120,48 +121,92 @@ def train_loop_per_worker(loop_config: dict) -> None:
         dynamics.close()
 
 
-def train_one_epoch(config: Config, model, teacher, mixup, optimizer, shard, epoch: int, device,
-                    dynamics) -> tuple[float, int]:
-    """One pass over this worker's shard; returns (mean loss, images seen)."""
+def build_training_state(config: Config, num_classes: int, device, checkpoint):
+    """Student, optimizer, schedule and history, on `device`, restored from `checkpoint` if any.
+
+    The model moves to its device before the optimizer exists, so a restored optimizer state is
+    cast to the parameters' device (a GPU resume would otherwise step CUDA weights with CPU state).
+    """
+    torch.manual_seed(config.seed)
+    model = create_student(config.model.name, num_classes=num_classes, in_chans=config.in_chans,
+                           img_size=config.model.input_size).to(device)
+    optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
+                                weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
+    scheduler = build_scheduler(optimizer, epochs=config.schedule.epochs,
+                                warmup_epochs=config.schedule.warmup_epochs)
+    return model, optimizer, scheduler, restore(checkpoint, model, optimizer, scheduler)
+
+
+def training_steps(loop_config: dict, config: Config, rank: int, world: int):
+    """epoch -> (this rank's optimizer steps, global views of the epoch or None when streaming).
+
+    A set the driver put in the object store is shuffled whole per epoch; a larger set streams
+    from this rank's Ray Data shard (docs/protocol.md §Batch and shuffle).
+    """
+    import ray
+    import ray.train
+
+    augment = augment_settings(config)
+    sizes = {"batch_size": config.train.batch_size, "world": world, "accum": config.train.grad_accum}
+    grid = tiles_per_image(config)
+    arrays_ref = loop_config.get("train_arrays")
+    if arrays_ref is None:
+        shard = ray.train.get_dataset_shard("train")
+        return lambda epoch: (stream_steps(shard, epoch, grid=grid, tile_views=tile_views(config), augment=augment,
+                                           shuffle_buffer=config.train.shuffle_buffer, **sizes), None)
+    memory = MemoryBatches(ray.get(arrays_ref), grid=grid, tile_views=tile_views(config), augment=augment)
+
+    def epoch_steps(epoch: int):
+        steps, counts = memory.steps(epoch, rank=rank, **sizes)
+        return steps, counts.samples
+
+    return epoch_steps
+
+
+def train_one_epoch(config: Config, model, teacher, mixup, optimizer, steps, epoch: int, device,
+                    dynamics) -> tuple[float, int, int]:
+    """One pass over this rank's optimizer steps; returns (mean loss, views seen here, steps)."""
     model.train()
-    accum = config.train.grad_accum
-    total_loss, total_seen, step = 0.0, 0, 0
-    optimizer.zero_grad(set_to_none=True)
-    batches = train_batches(shard, epoch=epoch, seed=config.seed, batch_size=config.train.batch_size,
-                            size=config.model.input_size, scale=config.augment.scale,
-                            ratio=config.augment.ratio, hflip=config.augment.hflip,
-                            mean=config.data.mean, std=config.data.std,
-                            shuffle_buffer=config.train.shuffle_buffer, tiles=tiles_per_image(config))
-    for batch in batches:
-        images, labels = batch["image"].to(device), batch["label"].to(device)
-        images, targets = mix_batch(mixup, images, labels)
-        logits = model(images)
-        if dynamics is not None:
-            dynamics.add(epoch, batch["key"].numpy()[: len(logits)], logits.detach().float().cpu(),
-                         labels[: len(logits)].cpu().numpy())
-        teacher_logits = None
-        if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(images)
-        loss = compute_loss(config.label_mode, logits, targets, teacher_logits=teacher_logits,
-                            temperature=config.teacher.temperature)
-        (loss / accum).backward()
-        step += 1
-        if step % accum == 0:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        total_loss += loss.item() * len(images)
-        total_seen += len(images)
-    if step % accum:
-        optimizer.step()
+    total_loss, total_seen, step_count = 0.0, 0, 0
+    for micro_batches in steps:
         optimizer.zero_grad(set_to_none=True)
-    return total_loss / max(total_seen, 1), total_seen
+        for micro in micro_batches:
+            loss, seen = forward_backward(config, model, teacher, mixup, micro, epoch, device, dynamics)
+            total_loss += loss * seen
+            total_seen += seen
+        optimizer.step()
+        step_count += 1
+    return total_loss / max(total_seen, 1), total_seen, step_count
+
+
+def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, device, dynamics
+                     ) -> tuple[float, int]:
+    """Loss of one micro-batch, backpropagated with its weight; returns (mean loss, views)."""
+    images, labels = micro.image.to(device), micro.label.to(device)
+    images, targets = mix_batch(mixup, images, labels)
+    logits = model(images)
+    if dynamics is not None:
+        dynamics.add(epoch, micro.key.numpy()[: len(logits)], logits.detach().float().cpu(),
+                     labels[: len(logits)].cpu().numpy())
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+    loss = compute_loss(config.label_mode, logits, targets, teacher_logits=teacher_logits,
+                        temperature=config.teacher.temperature)
+    (loss * micro.weight).backward()
+    return loss.item(), len(images)
 
 
 def tiles_per_image(config: Config) -> int:
     """PCA stores grid x grid combined images: its Augment step crops inside one tile at a time."""
     prune = getattr(config, "prune", None)
     return prune.pca_grid if prune is not None and config.data.method == "pca" else 1
+
+
+def tile_views(config: Config) -> str:
+    """PCA's Augment: one view per stored image per epoch ("image") or one per tile ("tile")."""
+    return config.prune.pca_views
 
 
 def maybe_evaluate(config: Config, model, val_shard, epoch: int, num_classes: int, device, rank: int,
@@ -231,7 +276,7 @@ def restore(checkpoint, model, optimizer, scheduler) -> History:
     if checkpoint is None:
         return History()
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import timm
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, model_entrypoint, register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
@@ -167,6 +167,7 @@ def resnet18_small(pretrained: bool = False, **kwargs: Any) -> SmallStemResNet:
     """ResNet-18 with a small-image stem for 28-32 px inputs; img_size is accepted and ignored."""
     _reject_pretrained("resnet18_small", pretrained)
     kwargs.pop("img_size", None)
+    kwargs.setdefault("zero_init_last", False)  # as torchvision's resnet18 (see REFERENCE_INIT)
     model_args = dict(block=BasicBlock, layers=(2, 2, 2, 2))
     return build_model_with_cfg(SmallStemResNet, "resnet18_small", pretrained=False, **model_args, **kwargs)
 
@@ -188,11 +189,17 @@ def _check_known(name: str) -> None:
     raise ConfigError(f"unknown model {name!r}{hint}")
 
 
+# Students are initialised as the reference evaluation builds them (torchvision's resnet18, whose
+# residual blocks keep BatchNorm gamma = 1): timm's ResNets zero the last BN of each block unless told.
+REFERENCE_INIT = {"timm.models.resnet": {"zero_init_last": False}}
+
+
 def student_kwargs(name: str, *, num_classes: int, in_chans: int, img_size: int) -> dict[str, Any]:
     """The timm.create_model keyword arguments create_student uses for ``name``."""
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans}
     if takes_img_size(name):
         kwargs["img_size"] = img_size
+    kwargs.update(REFERENCE_INIT.get(model_entrypoint(name).__module__, {}))
     return kwargs
 
 

@@ -1,9 +1,9 @@
 """Ray Data side of a cell: parquet (benchmark schema) -> decoded / transformed Ray Datasets.
 
-Training images are decoded once (uint8 HWC) and, when small enough, materialised in the object
-store; the random augmentation runs per epoch inside the Ray Data iterator (`train_batches`), seeded
-by (seed, epoch, sample key) so it is fresh every epoch yet reproducible and independent of which
-worker or batch a sample lands in. Validation images are decoded and transformed once.
+Training images are decoded once (uint8 HWC); a set small enough is collected into numpy arrays
+(`decoded_arrays`) that the cell hands to every worker, a larger one streams as a Ray Dataset. The
+per-epoch shuffle and augmentation run in the worker (`trainers.batches`). Validation images are
+decoded and transformed once.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def train_dataset(path: Path, *, mode: str, num_rows: int, image_size: int, batc
     """Decoded training set (image uint8 HWC, label, key); materialised when it fits in memory."""
     dataset = read_split(path).map_batches(partial(decode_train_batch, mode=mode, size=image_size),
                                            batch_size=batch_rows, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
-    return maybe_materialize(dataset, num_rows * image_size * image_size * (1 if mode == "L" else 3))
+    return dataset.materialize() if fits_in_memory(num_rows, image_size=image_size, mode=mode) else dataset
 
 
 def val_dataset(path: Path, *, mode: str, num_rows: int, resize: int, crop: int, mean, std,
@@ -90,47 +90,21 @@ def maybe_materialize(dataset, decoded_bytes: int):
     return dataset.materialize() if decoded_bytes <= MATERIALIZE_LIMIT_BYTES else dataset
 
 
-def split_tiles(images: np.ndarray, keys: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA's Augment input: each stored image -> its grid x grid tiles, each a sample with its own key.
+def fits_in_memory(num_rows: int, *, image_size: int, mode: str) -> bool:
+    """True when the decoded training set is small enough to hold whole (uint8) on every node."""
+    return num_rows * image_size * image_size * (1 if mode == "L" else 3) <= MATERIALIZE_LIMIT_BYTES
 
-    Cropping happens inside a tile only, so a view never mixes two combined images.
+
+def decoded_arrays(dataset) -> dict[str, np.ndarray]:
+    """A decoded training set as numpy arrays {"image", "label", "key"}, rows sorted by key.
+
+    Small compressed sets are handed to the workers whole (through the object store), so every
+    rank can draw its part of one uniform shuffle of the whole set (trainers.batches).
     """
-    if grid == 1:
-        return images, keys
-    from pca.combine import tile_boxes
-
-    boxes = tile_boxes(grid, images.shape[1])
-    height = min(h for _, _, h, _ in boxes)
-    width = min(w for _, _, _, w in boxes)
-    tiles = np.stack([images[:, top:top + height, left:left + width] for top, left, _, _ in boxes], axis=1)
-    tile_keys = keys[:, None] * len(boxes) + np.arange(len(boxes))[None, :]
-    return tiles.reshape(-1, *tiles.shape[2:]), tile_keys.reshape(-1)
-
-
-def train_batches(shard, *, epoch: int, seed: int, batch_size: int, size: int, scale, ratio,
-                  hflip: float, mean, std, shuffle_buffer: int, tiles: int = 1) -> Iterator[dict]:
-    """One epoch of augmented training batches from a Ray Train dataset shard.
-
-    Shuffling uses Ray Data's local shuffle buffer seeded per epoch; augmentation runs in the
-    iterator's collate step, seeded per sample so the view depends only on (seed, epoch, key).
-    With `tiles` > 1 (PCA) every stored image yields one view per tile.
-    """
-    import torch
-
-    from trainers.augment import train_views
-
-    def collate(batch: dict) -> dict:
-        images, keys = split_tiles(batch["image"], batch["key"], tiles)
-        views = train_views(images, keys, epoch=epoch, seed=seed, size=size, scale=scale, ratio=ratio,
-                            hflip=hflip, mean=mean, std=std)
-        labels = np.repeat(batch["label"], tiles * tiles)
-        return {"image": views, "label": torch.from_numpy(np.ascontiguousarray(labels)),
-                "key": torch.from_numpy(np.ascontiguousarray(keys))}
-
-    rows = max(1, batch_size // (tiles * tiles))
-    return shard.iter_torch_batches(batch_size=rows, collate_fn=collate,
-                                    local_shuffle_buffer_size=shuffle_buffer,
-                                    local_shuffle_seed=seed * 100_003 + epoch, drop_last=False)
+    parts = list(dataset.iter_batches(batch_size=4096, batch_format="numpy"))
+    arrays = {name: np.concatenate([part[name] for part in parts]) for name in ("image", "label", "key")}
+    order = np.argsort(arrays["key"], kind="stable")
+    return {name: np.ascontiguousarray(value[order]) for name, value in arrays.items()}
 
 
 def val_batches(shard, *, batch_size: int) -> Iterator[dict]:

@@ -1,0 +1,223 @@
+"""One epoch of training batches inside a Ray Train worker (docs/protocol.md §Batch and shuffle).
+
+Owns the sampling contract that makes a number mean one protocol at any worker count:
+- `train.batch_size` is the GLOBAL batch: each optimizer step consumes `batch_size` views split
+  across the ranks (per rank = global / world; an indivisible batch gives the first ranks one view
+  more, and the loss weights below keep the step's gradient the mean over the global batch);
+  `train.grad_accum` splits each rank's part into micro-batches, it never enlarges the batch.
+- Every view of the training set is used exactly once per epoch across ranks: the whole set is
+  permuted uniformly, seeded by (seed, epoch) only, and cut into global batches; a last batch too
+  small to give every rank and micro-batch a view is merged into the one before it.
+- A compressed set small enough to hold in memory arrives decoded (uint8 NHWC, sorted by key)
+  from the object store; larger sets stream from a Ray Data shard (`stream_steps`).
+- PCA's Augment input: a stored image holding grid x grid tiles gives either one view per tile
+  ("tile") or one view of a tile drawn per (seed, epoch, image) ("image"); crops stay inside
+  the tile so a view never mixes two combined images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from trainers.augment import train_views
+
+TILE_VIEW_MODES = ("image", "tile")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What `train_views` needs besides the images: the protocol's crop, flip and normalisation."""
+
+    seed: int
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    hflip: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def augment_settings(config) -> Augment:
+    """The training views a protocol config asks for (RandomResizedCrop, flip, normalisation)."""
+    return Augment(seed=config.seed, size=config.model.input_size, scale=tuple(config.augment.scale),
+                   ratio=tuple(config.augment.ratio), hflip=config.augment.hflip,
+                   mean=tuple(config.data.mean), std=tuple(config.data.std))
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Views for one forward/backward; `weight` scales its mean loss (see `loss_weights`)."""
+
+    image: torch.Tensor
+    label: torch.Tensor
+    key: torch.Tensor
+    weight: float
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """Global figures of one epoch: optimizer steps and views seen across all ranks."""
+
+    steps: int
+    samples: int
+
+
+# ------------------------------------------------------------------ the epoch plan (every rank alike)
+
+
+def epoch_order(num_views: int, *, seed: int, epoch: int) -> np.ndarray:
+    """A uniform permutation of all views, the same on every rank: seeded by (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(num_views)
+
+
+def global_batches(order: np.ndarray, *, batch_size: int, min_size: int) -> list[np.ndarray]:
+    """Cut the permutation into global batches; a last one under `min_size` joins the one before."""
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < min_size:
+        tail = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], tail])
+    if not batches or len(batches[-1]) < min_size:
+        raise ValueError(f"the training set has {len(order)} views, fewer than train.workers x "
+                         f"train.grad_accum = {min_size}: use fewer workers or less accumulation")
+    return batches
+
+
+def rank_micro_batches(batch: np.ndarray, *, world: int, rank: int, accum: int) -> list[np.ndarray]:
+    """This rank's part of a global batch (contiguous, sizes differ by at most one), in micro-batches."""
+    part = np.array_split(batch, world)[rank]
+    return np.array_split(part, accum)
+
+
+def loss_weights(micro: list[np.ndarray], *, global_size: int, world: int) -> list[float]:
+    """Weights w so that DDP's mean over ranks of sum(w * mean loss) is the mean over the global batch."""
+    return [len(m) * world / global_size for m in micro]
+
+
+def epoch_plan(num_views: int, *, seed: int, epoch: int, batch_size: int, world: int,
+               accum: int) -> list[np.ndarray]:
+    order = epoch_order(num_views, seed=seed, epoch=epoch)
+    return global_batches(order, batch_size=batch_size, min_size=world * accum)
+
+
+# ------------------------------------------------------------------ views of stored images
+
+
+def tile_grid_boxes(grid: int, size: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of the grid x grid tiles of a stored image; all cut to one size."""
+    from pca.combine import tile_boxes
+
+    boxes = tile_boxes(grid, size)
+    height = min(h for _, _, h, _ in boxes)
+    width = min(w for _, _, _, w in boxes)
+    return [(top, left, height, width) for top, left, _, _ in boxes]
+
+
+def split_tiles(images: np.ndarray, grid: int) -> np.ndarray:
+    """uint8 [N, H, W, C] -> [N, grid * grid, h, w, C] (grid 1: one tile, the image itself)."""
+    if grid == 1:
+        return images[:, None]
+    return np.stack([images[:, top:top + h, left:left + w]
+                     for top, left, h, w in tile_grid_boxes(grid, images.shape[1])], axis=1)
+
+
+def mix_bits(keys: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """A well-mixed uint64 per key for (seed, epoch): SplitMix64's finaliser, vectorised."""
+    with np.errstate(over="ignore"):
+        x = keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x += np.uint64((seed * 1_000_003 + epoch) % 2**63) * np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(29)
+    return x
+
+
+def view_index(keys: np.ndarray, *, tiles: int, mode: str, seed: int, epoch: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image position, tile, view key) of every view of this epoch.
+
+    "tile": each stored image gives `tiles` views; "image": one view per stored image, of a tile
+    drawn from (seed, epoch, image key). View keys are image key * tiles + tile: a view's crop
+    depends only on (seed, epoch, view key), whichever rank or batch it lands in.
+    """
+    if mode not in TILE_VIEW_MODES:
+        raise ValueError(f"tile view mode {mode!r}: choose one of {TILE_VIEW_MODES}")
+    keys = np.asarray(keys, dtype=np.int64)
+    count = len(keys)
+    if tiles == 1 or mode == "image":
+        position = np.arange(count)
+        tile = (mix_bits(keys, seed, epoch) % np.uint64(tiles)).astype(np.int64)
+    else:
+        position = np.repeat(np.arange(count), tiles)
+        tile = np.tile(np.arange(tiles), count)
+    return position, tile, keys[position] * tiles + tile
+
+
+def micro_batch(tiles: np.ndarray, labels: np.ndarray, position: np.ndarray, tile: np.ndarray,
+                view_keys: np.ndarray, epoch: int, augment: Augment, weight: float) -> MicroBatch:
+    """Augmented views of the given (image position, tile) pairs with their labels and keys."""
+    a = augment
+    views = train_views(tiles[position, tile], view_keys, epoch=epoch, seed=a.seed, size=a.size, scale=a.scale,
+                        ratio=a.ratio, hflip=a.hflip, mean=a.mean, std=a.std)
+    return MicroBatch(views, torch.from_numpy(np.ascontiguousarray(labels[position])),
+                      torch.from_numpy(np.ascontiguousarray(view_keys)), weight)
+
+
+class MemoryBatches:
+    """Epochs over a decoded in-memory set: {"image", "label", "key"} arrays sorted by key."""
+
+    def __init__(self, arrays: dict, *, grid: int, tile_views: str, augment: Augment):
+        self.tiles = split_tiles(np.asarray(arrays["image"]), grid)
+        self.labels = np.asarray(arrays["label"], dtype=np.int64)
+        self.keys = np.asarray(arrays["key"], dtype=np.int64)
+        self.tile_views = tile_views
+        self.augment = augment
+
+    def view_index(self, epoch: int):
+        return view_index(self.keys, tiles=self.tiles.shape[1], mode=self.tile_views,
+                          seed=self.augment.seed, epoch=epoch)
+
+    def steps(self, epoch: int, *, batch_size: int, world: int, rank: int, accum: int
+              ) -> tuple[Iterator[list[MicroBatch]], StepCounts]:
+        """This rank's optimizer steps of `epoch` (each a list of micro-batches) and the global counts."""
+        position, tile, view_keys = self.view_index(epoch)
+        plan = epoch_plan(len(position), seed=self.augment.seed, epoch=epoch, batch_size=batch_size,
+                          world=world, accum=accum)
+        counts = StepCounts(steps=len(plan), samples=int(sum(len(b) for b in plan)))
+
+        def generate() -> Iterator[list[MicroBatch]]:
+            for batch in plan:
+                micro = rank_micro_batches(batch, world=world, rank=rank, accum=accum)
+                weights = loss_weights(micro, global_size=len(batch), world=world)
+                yield [micro_batch(self.tiles, self.labels, position[m], tile[m], view_keys[m], epoch,
+                                   self.augment, w) for m, w in zip(micro, weights)]
+
+        return generate(), counts
+
+
+# ------------------------------------------------------------------ sets too large for memory
+
+
+def stream_steps(shard, epoch: int, *, batch_size: int, world: int, accum: int, grid: int, tile_views: str,
+                 augment: Augment, shuffle_buffer: int) -> Iterator[list[MicroBatch]]:
+    """Optimizer steps from a Ray Data shard (sets over the in-memory limit, e.g. full ImageNet).
+
+    Each rank reads batch_size / world stored images per step from its equal split of the data;
+    order is Ray Data's block order with a local shuffle buffer seeded by (seed, epoch), which is
+    close to, not exactly, a uniform shuffle (docs/protocol.md §Deviations).
+    """
+    a = augment
+    rows = max(1, batch_size // (world * (grid * grid if tile_views == "tile" else 1)))
+    batches = shard.iter_batches(batch_size=rows, batch_format="numpy", local_shuffle_buffer_size=shuffle_buffer,
+                                 local_shuffle_seed=a.seed * 100_003 + epoch, drop_last=False)
+    for batch in batches:
+        tiles = split_tiles(batch["image"], grid)
+        labels = np.asarray(batch["label"], dtype=np.int64)
+        position, tile, view_keys = view_index(np.asarray(batch["key"]), tiles=tiles.shape[1], mode=tile_views,
+                                               seed=a.seed, epoch=epoch)
+        micro = [m for m in np.array_split(np.arange(len(position)), accum) if len(m)]
+        yield [micro_batch(tiles, labels, position[m], tile[m], view_keys[m], epoch, a, len(m) / len(position))
+               for m in micro]
