@@ -16,12 +16,14 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.config import Config, cell_name, to_dict
-from orchestrator.data.pipeline import decoded_arrays, fits_in_memory, train_dataset, val_dataset
+from orchestrator.data.pipeline import collect_arrays, decoded_arrays, fits_in_memory, train_dataset, val_dataset
 from orchestrator.data.sources import check_class_sets
+from orchestrator.errors import ConfigError
+from orchestrator.locks import one_process_per_cell
 from orchestrator.methods import PreparedSet, build_training_set, build_val_set, load_train_source, \
     load_val_source
 from orchestrator.runtime import init_ray, use_gpu
-from orchestrator.teachers import resolve_teacher
+from orchestrator.teachers import record_artifact_keys, resolve_teacher
 
 
 @dataclass
@@ -51,12 +53,15 @@ def prepare_data(config: Config) -> CellData:
                     classes, num_classes)
 
 
+@one_process_per_cell
 def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = False,
              role: str = "cell", dynamics_dir: Path | None = None, tune_report: bool = False) -> CellResult:
     name = cell_name(config)
     uri = tracking.tracking_uri(config)
     experiment_id = tracking.ensure_experiment(uri, config.experiment_name, config.out)
     data = prepare_data(config)
+    check_batch_split(config, data.train.num_rows)
+    teacher = resolve_teacher(config) if config.label_mode == "soft" else None  # checked before any run starts
     previous = tracking.find_run(uri, experiment_id, cell=name, role=role)
     storage = config.out / "ray_results"
     if previous is not None and previous.info.status == "FINISHED" and not force:
@@ -71,7 +76,7 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
         run_id = previous.info.run_id
         print(f"[{name}] resuming MLflow run {run_id}", flush=True)
     tracking.set_tags(uri, run_id, {"fingerprint": data.train.fingerprint, "status_note": "training"})
-    teacher = resolve_teacher(config) if config.label_mode == "soft" else None
+    record_artifact_keys(uri, run_id, config, teacher)  # teacher_key / dynamics_key params
     try:
         summary, checkpoint_dir = fit(config, data, name, storage, uri, run_id, teacher, dynamics_dir,
                                       tune_report)
@@ -101,10 +106,13 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                            resize=config.eval.resize, crop=config.eval.crop, mean=config.data.mean,
                            std=config.data.std),
     }
-    train_arrays = None
+    train_arrays = val_arrays = None
     if fits_in_memory(data.train.num_rows, image_size=config.data.image_size, mode=config.data.mode):
         # The whole set goes to every worker once (object store): each epoch is one uniform shuffle.
         train_arrays = ray.put(decoded_arrays(datasets.pop("train")))
+    if fits_in_memory(data.val.num_rows, image_size=config.eval.crop, mode=config.data.mode, bytes_per_value=4):
+        # Transformed once; every evaluation then reads it from memory instead of a new Ray Data run.
+        val_arrays = ray.put(collect_arrays(datasets.pop("val"), ("image", "label")))
     gpu = use_gpu(config.train.use_gpu)
     resources = {"CPU": config.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
@@ -112,14 +120,14 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
         train_loop_config={"config": to_dict(config), "num_classes": data.num_classes, "teacher": teacher,
                            "mlflow_uri": uri, "run_id": run_id, "cell": name,
                            "dynamics_dir": str(dynamics_dir) if dynamics_dir else None,
-                           "train_arrays": train_arrays},
+                           "train_arrays": train_arrays, "val_arrays": val_arrays},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=0),
                              callbacks=tune_callbacks() if tune_report else None),
-        datasets=datasets,
+        datasets=datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
     )
     started = time.perf_counter()
@@ -129,8 +137,17 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
     with result.checkpoint.as_directory() as directory:
         summary = json.loads((Path(directory) / SUMMARY_FILE).read_text())
         checkpoint_dir = Path(directory)
-    summary["wall_seconds"] = time.perf_counter() - started
+    # A resumed cell's wall time also counts its earlier attempts (up to the checkpoint it resumed from).
+    summary["wall_seconds"] = time.perf_counter() - started + summary.get("prior_wall_seconds", 0.0)
     return summary, checkpoint_dir
+
+
+def check_batch_split(config: Config, num_rows: int) -> None:
+    """Every worker and micro-batch needs a view each step (docs/protocol.md §Batch and shuffle)."""
+    needed = max(1, config.train.workers) * config.train.grad_accum
+    if num_rows < needed:
+        raise ConfigError(f"the training set has {num_rows} images, fewer than train.workers x train.grad_accum "
+                          f"= {needed}: use fewer workers or less accumulation")
 
 
 def tune_callbacks() -> list:

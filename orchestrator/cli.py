@@ -37,13 +37,18 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     from orchestrator.config import load_config, parse_override
+    from orchestrator.data.sources import normalisation_warning
 
     overrides = dict(parse_override(text) for text in args.overrides)
     for flag, dotted in SHORTHANDS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides[dotted] = parse_override(f"x={value}")[1] if isinstance(value, str) else value
-    return load_config(args.config, overrides)
+    config = load_config(args.config, overrides)
+    warning = normalisation_warning(config)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return config
 
 
 def use_address(address: str | None) -> None:
@@ -101,15 +106,36 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import run_report
-    from orchestrator.tracking import default_uri
 
-    uri = args.tracking_uri or default_uri(Path(args.output_dir))
-    out_dir = Path(args.out or Path(args.output_dir) / "reports" / args.experiment)
+    uri, output_dir = report_store(args)
+    out_dir = Path(args.out or output_dir / "reports" / args.experiment)
     paths = run_report(uri, args.experiment, out_dir, log=not args.no_log,
                        parent_run_id=sweep_run_id(uri, args.experiment))
     print(render_terminal_from(paths))
     print(f"report written to {out_dir}")
     return 0
+
+
+def report_store(args: argparse.Namespace) -> tuple[str, Path]:
+    """(store URI, output folder) of the experiment: the flags, else ./outputs or where it was written."""
+    from orchestrator.tracking import default_uri, known_locations
+
+    if args.tracking_uri or args.output_dir or os.environ.get("MLFLOW_TRACKING_URI"):
+        output_dir = Path(args.output_dir or "outputs")
+        return args.tracking_uri or default_uri(output_dir), output_dir
+    places = list(dict.fromkeys([Path("outputs").resolve(), *known_locations(args.experiment)]))
+    for folder in places:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        if (folder / "mlflow.db").is_file() and has_experiment(uri, args.experiment):
+            return uri, folder
+    raise OrchestratorError(f"experiment {args.experiment!r} not found in {' or '.join(map(str, places))}: "
+                            f"pass the --output-dir the sweep or run wrote to")
+
+
+def has_experiment(uri: str, experiment: str) -> bool:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri).get_experiment_by_name(experiment) is not None
 
 
 def render_terminal_from(paths: dict) -> str:
@@ -182,7 +208,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     report = verbs.add_parser("report", help="paper-style tables and plots from MLflow")
     report.add_argument("--experiment", required=True)
-    report.add_argument("--output-dir", default="outputs")
+    report.add_argument("--output-dir", help="where the sweep wrote (default: ./outputs, else the folder "
+                                             "this machine recorded for the experiment)")
     report.add_argument("--tracking-uri")
     report.add_argument("--out", help="report folder (default outputs/reports/<experiment>)")
     report.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")

@@ -62,6 +62,7 @@ class TeacherConfig:
     epochs: int = 6  # how long `orchestrator teacher` trains it on the full training set
     batch_size: int = 256
     crop_scale: tuple[float, float] = (0.35, 1.0)  # its RandomResizedCrop: a teacher should be accurate
+    seed: int = 0  # the teacher run's seed (score run r uses seed + r); shared by every cell seed
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Pruning rules and PCA (PROTOCOL.md §3-4): scores from the teacher run's training dynamics."""
+    """Pruning rules and PCA (docs/protocol.md §Pruning scores, §Selection, §PCA).
 
-    el2n_epochs: int = 10  # EL2N averaged over the first N recorded epochs
+    Scores come from the training dynamics of `score_runs` runs of the teacher recipe (run 0 is the
+    teacher itself, run r uses seed teacher.seed + r).
+    """
+
+    score_runs: int = 2  # independent runs whose scores are combined (Paul et al. 2021 average EL2N over runs)
+    el2n_epochs: int = 2  # EL2N averaged over the first N epochs of each run: early training (Paul et al.)
+    aum_margin: str = "logit"  # logit (Pleiss et al. 2020, mean) | probability (CCS's code, summed)
     mis_ratio: float | None = None  # ccs: hardest fraction dropped first; None follows the prune rate
     strata: int = 50  # ccs: equal-width score strata
     ccs_score: str = "aum"  # ccs: the score it stratifies (forgetting | el2n | aum)
+    ccs_scope: str = "global"  # ccs: drop and strata over the whole set (Zheng et al.) | per class
     reverse: bool = False  # forgetting/el2n/aum: keep the easiest samples instead of the hardest
     pca_grid: int = 2  # pca: grid x grid whole images tiled into one stored image
     pca_views: str = "image"  # pca Augment: one view per stored image per epoch, or one per "tile"
@@ -174,10 +182,13 @@ CHOICES = {
     "prune.ccs_score": {"forgetting", "el2n", "aum"},
     "prune.pca_rule": {"forgetting", "el2n", "aum"},
     "prune.pca_views": {"image", "tile"},
+    "prune.aum_margin": {"logit", "probability"},
+    "prune.ccs_scope": {"global", "class"},
 }
 POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum", "train.checkpoint_every",
             "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
-            "eval.every", "train.keep_checkpoints", "prune.el2n_epochs", "prune.strata", "prune.pca_grid"]
+            "eval.every", "train.keep_checkpoints", "prune.el2n_epochs", "prune.strata", "prune.pca_grid",
+            "prune.score_runs"]
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -190,9 +201,12 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} does not exist: pass a file from configs/ "
                           f"(e.g. configs/fmnist-hard.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:  # else it would train on the built-in defaults without saying so
+        raise ConfigError(f"config file {path} is empty (or only comments): pass a protocol from configs/ "
+                          f"or start one with `base: fmnist-hard.yaml`")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(raw).__name__}")
     base = raw.pop("base", None)

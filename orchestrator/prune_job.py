@@ -5,7 +5,10 @@
 The folder holds ``data.parquet`` (benchmark schema: image, class_id, sample_id), ``manifest.json``
 (source, rule, IPC, direction, parameters, chosen source ids and their scores, fingerprint) and
 ``dataset_info.json`` (class names), so ``data.train=DIR/data.parquet`` with method ``full`` (or
-``first``) trains on it. Scores come from the teacher run's training dynamics; no Ray is needed.
+``first``) trains on it. Scores come from the verified training dynamics of the score runs
+(``prune.score_runs`` runs of the teacher recipe; the manifest records their ``dynamics_key``);
+no Ray is needed. Damaged or missing dynamics are a DataError with the fix before any scoring
+(docs/protocol.md §Pruning scores, §Teachers and caches).
 """
 
 from __future__ import annotations

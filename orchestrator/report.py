@@ -96,8 +96,10 @@ CELL_COLUMNS = (
     "method", "ipc", "label_mode", "model", "seed", "protocol",
     "top1_final", "top1_best", "top5_final", "top5_best",
     "train_s", "images_per_s", "image_bytes", "soft_label_bytes", "optimizer_steps",
-    "run_id", "fingerprint", "parent_run_id", "end_time",
+    "run_id", "fingerprint", "parent_run_id", "end_time", "teacher_key", "dynamics_key",
 )
+#: params naming the cached artifacts a cell used (orchestrator.teachers): seeds are averaged only when equal
+ARTIFACT_KEYS = ("teacher_key", "dynamics_key")
 
 _DASH = "—"
 _PM = "±"
@@ -191,7 +193,7 @@ def protocol_family(protocol: str) -> str:
 
 def _empty_cells() -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype="float64") for c in CELL_COLUMNS})
-    for c in ("method", "label_mode", "model", "protocol", "run_id", "fingerprint", "parent_run_id"):
+    for c in ("method", "label_mode", "model", "protocol", "run_id", "fingerprint", "parent_run_id", *ARTIFACT_KEYS):
         df[c] = df[c].astype(object)
     df["ipc"] = df["ipc"].astype("Int64")
     df["seed"] = df["seed"].astype("Int64")
@@ -262,6 +264,7 @@ def load_cell_runs(
             "fingerprint": tags.get("fingerprint"),
             "parent_run_id": tags.get("mlflow.parentRunId"),
             "end_time": info.end_time,
+            **{key: params.get(key) for key in ARTIFACT_KEYS},
         }
         for col, key in METRIC_KEYS.items():
             row[col] = float(metrics[key]) if key in metrics else np.nan
@@ -338,6 +341,22 @@ def iter_groups(df: pd.DataFrame) -> Iterator[tuple[tuple[str, str, str], pd.Dat
     keyed = df.assign(**{k: df[k].astype(object).where(df[k].notna(), "?") for k in GROUP_KEYS})
     for key, sub in keyed.groupby(list(GROUP_KEYS), sort=True, dropna=False):
         yield tuple(str(k) for k in key), df.loc[sub.index]
+
+
+def check_artifact_keys(df: pd.DataFrame) -> None:
+    """Refuse to average seeds of one cell (protocol, label mode, model, method, IPC) that used
+    different teachers or training dynamics: an OrchestratorError names the runs and the key."""
+    cell = ["protocol", "label_mode", "model", "method", "ipc"]
+    for key in (k for k in ARTIFACT_KEYS if k in df.columns):
+        values = df[key].astype(object).where(df[key].notna(), "(none)")
+        keyed = df[cell].astype(object).where(df[cell].notna(), "?").assign(_value=values)
+        for group, sub in keyed.groupby(cell, sort=True):
+            if sub["_value"].nunique() > 1:
+                runs = "; ".join(f"run {df.at[i, 'run_id']} (seed {df.at[i, 'seed']}): {v}"
+                                 for i, v in sub["_value"].items())
+                raise OrchestratorError(
+                    f"cannot average {dict(zip(cell, group))}: its runs used different {key}s ({runs}). "
+                    f"Rerun the odd runs with the same teacher/dynamics (`--force`), or delete them")
 
 
 def _one_group(df: pd.DataFrame, what: str) -> tuple[str, str, str] | None:
@@ -822,6 +841,7 @@ def write_report(df: pd.DataFrame, out_dir: Path, *, metric: str = "top1_final",
     format: method, ipc, mean, std, n, best), ``<group>`` being ``protocol_labelmode_model``.
     """
     _check_metric(df, metric)
+    check_artifact_keys(df)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}

@@ -23,32 +23,42 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
     print(describe(sweep), flush=True)
     if dry_run or not sweep.cells:
         return []
-    init_ray(address)
     first = sweep.cells[0]
-    uri = tracking.tracking_uri(first)
+    uri = tracking.tracking_uri(first)  # checks the output folder before Ray starts
+    init_ray(address)
     experiment_id = tracking.ensure_experiment(uri, sweep.experiment, first.out)
     parent_id = sweep_parent_run(uri, experiment_id, sweep)
-    prepare_prerequisites(sweep)
-    if sweep.search is None:
-        results = run_grid(sweep, parent_id)
-    else:
-        results = [run_search(cell, sweep.search, parent_id, sweep) for cell in sweep.cells]
-    done = sum(1 for r in results if r.get("top1_final") is not None)
-    tracking.log_metrics(uri, parent_id, {"sweep/cells_done": done, "sweep/cells": len(sweep.cells)})
-    if done == len(sweep.cells):
-        tracking.terminate(uri, parent_id, "FINISHED")
+    status = "FAILED"  # whatever ends the driver, the parent run is not left RUNNING
+    try:
+        results = run_cells(sweep, parent_id)
+        done = sum(1 for r in results if r.get("top1_final") is not None)
+        tracking.log_metrics(uri, parent_id, {"sweep/cells_done": done, "sweep/cells": len(sweep.cells)})
+        status = "FINISHED" if done == len(sweep.cells) else "FAILED"
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (Ray's handler exits)
+        status = "KILLED"
+        raise
+    finally:
+        tracking.terminate(uri, parent_id, status)
     print(f"sweep {sweep.name}: {done}/{len(sweep.cells)} cells finished; "
           f"report: python -m orchestrator report --experiment {sweep.experiment} --output-dir {first.output_dir}")
     return results
 
 
+def run_cells(sweep: Sweep, parent_id: str) -> list[dict]:
+    prepare_prerequisites(sweep)
+    if sweep.search is None:
+        return run_grid(sweep, parent_id)
+    return [run_search(cell, sweep.search, parent_id, sweep) for cell in sweep.cells]
+
+
 def sweep_parent_run(uri: str, experiment_id: str, sweep: Sweep) -> str:
-    """The sweep's parent run (reused when the same sweep is run again), with its config and grid."""
-    previous = tracking.find_run(uri, experiment_id, cell=sweep.name, role="sweep")
-    if previous is not None:
-        return previous.info.run_id
+    """The sweep's parent run (reused, RUNNING again, when the same sweep is run again), with its grid."""
     from mlflow import MlflowClient
 
+    previous = tracking.find_run(uri, experiment_id, cell=sweep.name, role="sweep")
+    if previous is not None:
+        MlflowClient(uri).update_run(previous.info.run_id, status="RUNNING")
+        return previous.info.run_id
     run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep-{sweep.name}",
                                        tags={"role": "sweep", "cell": sweep.name})
     grid = [{"cell": cell_name(c), "protocol": c.name, "method": c.data.method, "ipc": c.data.ipc,
@@ -91,7 +101,18 @@ def run_grid(sweep: Sweep, parent_id: str) -> list[dict]:
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=0),
     )
     grid = tuner.fit()
-    return [dict(r.metrics or {}, error=str(r.error) if r.error else None) for r in grid]
+    return [trial_outcome(result, first.out) for result in grid]
+
+
+def trial_outcome(result, out: Path) -> dict:
+    """A grid trial's metrics, named by its cell even when it failed before reporting any."""
+    outcome = dict(result.metrics or {})
+    outcome.setdefault("cell", cell_name(config_from_dict(result.config["cell"])))
+    outcome["error"] = None
+    if result.error is not None:
+        lines = [line for line in str(result.error).splitlines() if line.strip()]
+        outcome["error"] = f"{lines[-1].strip() if lines else result.error} (trial logs under {out / 'tune'})"
+    return outcome
 
 
 # ---------------------------------------------------------------- hyperparameter search inside a cell

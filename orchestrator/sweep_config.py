@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     name = raw.get("name") or path.stem
     common.setdefault("experiment", raw.get("experiment") or name)
     cells = expand_cells(protocols, raw.get("axes") or {}, common, raw.get("exclude") or [])
+    check_cells(cells)
     resources = raw.get("resources") or {}
     for key in resources:
         if key not in RESOURCE_KEYS:
@@ -78,6 +80,20 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     return Sweep(name=name, experiment=common["experiment"], cells=cells,
                  search=parse_search(raw.get("search")), max_concurrent=int(resources.get("max_concurrent", 1)),
                  trial_cpus=float(resources.get("trial_cpus", 0.01)), source=raw)
+
+
+def check_cells(cells: list[Config]) -> None:
+    """Every cell's method exists, before the first cell trains (and in `--dry-run`); normalisation notes."""
+    from orchestrator.data.sources import normalisation_warning
+    from orchestrator.methods import method_fn
+
+    for config in cells:
+        try:
+            method_fn(config)
+        except ConfigError as exc:
+            raise ConfigError(f"cell {cell_name(config)}: {exc}") from exc
+    for warning in dict.fromkeys(filter(None, map(normalisation_warning, cells))):
+        print(warning, file=sys.stderr, flush=True)
 
 
 def read_sweep_yaml(path: Path) -> dict:

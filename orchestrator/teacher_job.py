@@ -1,36 +1,69 @@
-"""`orchestrator teacher`: train a teacher on the full training set and register it for soft cells.
+"""`orchestrator teacher`: train the teacher and the score runs on the full training set.
 
-The teacher run also records per-sample training dynamics (the pruning rules' input), so one run on
-the full set serves both the soft-label cells and the pruning methods.
+Score run r trains the teacher recipe with seed teacher.seed + r and records per-sample training
+dynamics (the pruning rules' input); run 0 is also registered as the teacher of soft cells. Each
+run's dynamics are sealed with a manifest (epochs, rows, sha256 per file) once the run finishes.
+Everything is stored under its artifact key (`orchestrator.teachers`), so a teacher or dynamics
+trained with other settings is never reused (docs/protocol.md §Teachers and caches).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 
 from orchestrator import tracking
-from orchestrator.cell import prepare_data, run_cell
+from orchestrator.cell import CellResult, prepare_data, run_cell
 from orchestrator.config import Config
-from orchestrator.teachers import dynamics_dir, teacher_path, teacher_training_config
+from orchestrator.errors import ConfigError, DataError
+from orchestrator.teachers import artifact_key, artifact_recipe, dynamics_dir, resolve_teacher, teacher_path, \
+    teacher_training_config
+from trainers.dynamics import verify_manifest, write_manifest
 
 
 def train_teacher(config: Config, *, force: bool = False) -> Path:
+    """Train (or find) every score run, register run 0 as the teacher; return the teacher file."""
+    for run in range(config.prune.score_runs):
+        train_score_run(config, run, force=force)
+    return teacher_path(config)
+
+
+def train_score_run(config: Config, run: int, *, force: bool = False) -> None:
+    """Score run `run`: train it (or find it finished), seal its dynamics, register run 0 as the teacher.
+
+    A finished run whose dynamics are gone or damaged is trained again from scratch.
+    """
+    run_config = teacher_training_config(config, run)
+    out = dynamics_dir(config, run)
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+    result = run_cell(run_config, force=force, role="teacher" if run == 0 else "score_run", dynamics_dir=out)
+    if result.skipped and not dynamics_ready(config, run):
+        print(f"score run {run}: finished, but its dynamics at {out} are incomplete; training it again", flush=True)
+        return train_score_run(config, run, force=True)
+    data = prepare_data(run_config)
+    if not result.skipped:
+        write_manifest(out, epochs=config.teacher.epochs, num_samples=data.train.num_rows, key=artifact_key(config, run))
+    if run == 0:
+        register_teacher(config, result, data)
+
+
+def register_teacher(config: Config, result: CellResult, data) -> Path:
+    """Save run 0's weights as the teacher file (tensors + JSON-able meta holding its key and recipe)."""
     from trainers.loop import STATE_FILE
 
-    teacher_config = teacher_training_config(config)
-    result = run_cell(teacher_config, force=force, role="teacher", dynamics_dir=dynamics_dir(config))
     if result.checkpoint_dir is None:
         raise RuntimeError(f"teacher cell {result.name} has no checkpoint to register; rerun with --force")
-    state = torch.load(result.checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
-    data = prepare_data(teacher_config)
+    state = torch.load(result.checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)
     path = teacher_path(config)
     model_kwargs = {"num_classes": data.num_classes, "in_chans": config.in_chans,
                     "img_size": config.model.input_size}
     save_teacher_state(path, config.teacher.model, model_kwargs, state["model"],
                        {"top1": result.summary["top1_final"], "run_id": result.run_id,
-                        "fingerprint": result.fingerprint, "classes": data.classes})
+                        "fingerprint": result.fingerprint, "classes": data.classes,
+                        "teacher_key": artifact_key(config, 0), "recipe": artifact_recipe(config, 0)})
     tracking.set_tags(tracking.tracking_uri(config), result.run_id, {"teacher_path": str(path)})
     return path
 
@@ -44,18 +77,40 @@ def save_teacher_state(path: Path, model_name: str, model_kwargs: dict, state_di
 
 
 def needs_dynamics(config: Config) -> bool:
-    try:
-        from pca.methods import needs_dynamics as method_needs_dynamics
-    except ImportError:
-        return False
+    from pca.methods import needs_dynamics as method_needs_dynamics
+
     return method_needs_dynamics(config)
 
 
-def ensure_prerequisites(config: Config) -> None:
-    """Train the teacher (with dynamics) when a soft cell or a pruning method needs it and it is missing."""
+def dynamics_ready(config: Config, run: int) -> bool:
+    try:
+        verify_manifest(dynamics_dir(config, run), epochs=config.teacher.epochs, key=artifact_key(config, run))
+    except DataError:
+        return False
+    return True
+
+
+def teacher_ready(config: Config) -> bool:
+    try:
+        resolve_teacher(config)
+    except ConfigError:
+        return False
+    return True
+
+
+def missing_runs(config: Config) -> list[int]:
+    """The score runs a cell of `config` needs and that are missing or damaged."""
+    runs = range(config.prune.score_runs) if needs_dynamics(config) else range(0)
+    missing = [run for run in runs if not dynamics_ready(config, run)]
     wants_teacher = config.label_mode == "soft" and config.teacher.source == "auto"
-    missing_teacher = wants_teacher and not teacher_path(config).is_file()
-    missing_dynamics = needs_dynamics(config) and not any(dynamics_dir(config).glob("rank-*/epoch-*.parquet"))
-    if missing_teacher or missing_dynamics:
-        print(f"training the teacher on the full training set first ({teacher_path(config)})", flush=True)
-        train_teacher(config, force=missing_dynamics and not missing_teacher)
+    if wants_teacher and 0 not in missing and not teacher_ready(config):
+        missing.insert(0, 0)
+    return missing
+
+
+def ensure_prerequisites(config: Config) -> None:
+    """Train the teacher and score runs a soft cell or a pruning method needs, when missing."""
+    for run in missing_runs(config):
+        what = "the teacher (score run 0)" if run == 0 else f"score run {run}"
+        print(f"training {what} on the full training set first ({dynamics_dir(config, run)})", flush=True)
+        train_score_run(config, run)

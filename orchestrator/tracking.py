@@ -16,10 +16,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from orchestrator.config import Config, flatten, to_yaml
+from orchestrator.errors import OrchestratorError
+from orchestrator.locks import file_lock, store_lock
 
 # Short names users compare in the MLflow UI and the report reads.
 CELL_PARAMS = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode",
                "model": "model.name", "seed": "seed"}
+KNOWN_LOCATIONS_KEPT = 20  # output folders recorded per experiment, newest first
 
 
 def default_uri(output_dir: Path) -> str:
@@ -33,11 +36,48 @@ def default_uri(output_dir: Path) -> str:
 
 
 def tracking_uri(config: Config) -> str:
+    """The cell's store, once its output folder is known to be writable (checkpoints go there too)."""
+    writable_dir(config.out)
     return default_uri(config.out)
 
 
+def writable_dir(path: Path) -> Path:
+    """`path` created when missing and probed with a real write: an error naming it, before any work."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OrchestratorError(f"output dir {out} is a file, not a folder: pass another --output-dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OrchestratorError(f"output dir {out} cannot be written ({exc.strerror}): "
+                                f"pass a writable --output-dir") from exc
+    return out
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
-    """Experiment id by name, created when missing (artifacts under `artifact_root` for SQLite)."""
+    """Experiment id by name, created when missing (artifacts under `artifact_root` for SQLite).
+
+    On SQLite, one process at a time creates the schema and the experiment (a file lock beside the
+    database): two processes migrating a new store at once make MLflow fail. The experiment's folder
+    is recorded so that `report` finds it from anywhere (`known_locations`).
+    """
+    database = sqlite_path(uri)
+    if database is None:
+        return get_or_create_experiment(uri, name, artifact_root)
+    with store_lock(database):
+        experiment_id = get_or_create_experiment(uri, name, artifact_root)
+    record_location(name, database.parent)
+    return experiment_id
+
+
+def get_or_create_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -52,6 +92,37 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+
+def locations_file() -> Path:
+    """Where experiments' output folders are recorded: $ORCHESTRATOR_HOME or ~/.cache/orchestrator."""
+    home = os.environ.get("ORCHESTRATOR_HOME") or Path.home() / ".cache" / "orchestrator"
+    return Path(home) / "experiments.json"
+
+
+def known_locations(name: str) -> list[Path]:
+    """Output folders whose store holds experiment `name`, newest first (as this machine recorded them)."""
+    try:
+        recorded = json.loads(locations_file().read_text())
+    except (OSError, ValueError):
+        return []
+    return [Path(folder) for folder in recorded.get(name, [])]
+
+
+def record_location(name: str, out: Path) -> None:
+    """Best effort: a folder that cannot record its location still trains."""
+    path = locations_file()
+    try:
+        with file_lock(path.with_suffix(".lock"), "the experiment index", quiet=True):
+            folders = [str(out)] + [str(f) for f in known_locations(name) if f != out and f.is_dir()]
+            recorded = json.loads(path.read_text()) if path.is_file() else {}
+            recorded[name] = folders[:KNOWN_LOCATIONS_KEPT]
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(recorded, indent=1))
+            os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass
 
 
 def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):

@@ -1,4 +1,4 @@
-"""PCA's Combine step (PROTOCOL.md §4): tile whole, downsampled images into one stored image.
+"""PCA's Combine step (docs/protocol.md §PCA): tile whole, downsampled images into one stored image.
 
 Owns the tile geometry and the grouping of same-class images into tiles. A ``grid`` x ``grid``
 tiling puts grid**2 pruned images, each resized WHOLE (no cropping, aspect ratio not kept) to its

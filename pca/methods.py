@@ -1,17 +1,19 @@
-"""Pruning rules and PCA as benchmark methods (PROTOCOL.md §3-4), registered on import.
+"""Pruning rules and PCA as benchmark methods (docs/protocol.md §Selection, §PCA), registered on import.
 
 Registers ``forgetting``, ``el2n``, ``aum``, ``ccs`` and ``pca`` in ``orchestrator.methods.METHODS``
 (``orchestrator.methods._load_plugins`` imports this module). Each method reads the per-sample
-scores of the full training set, computed from the training dynamics the teacher run records under
-``orchestrator.teachers.dynamics_dir(config)``, and keeps exactly IPC images per class:
+scores of the full training set, computed from the training dynamics the score runs record under
+``orchestrator.teachers.dynamics_dirs(config)``, and keeps exactly IPC images per class:
 
 - forgetting, el2n, aum: the hardest samples (``prune.reverse``: the easiest);
-- ccs: coverage-centric selection over ``prune.ccs_score``, seeded with ``config.seed``;
+- ccs: coverage-centric selection over ``prune.ccs_score`` (``prune.ccs_scope``), seeded with ``config.seed``;
 - pca: see ``pca.pipeline`` (easiest samples of ``prune.pca_rule``, tiled grid x grid).
 
-Scores are cached beside the dynamics as ``scores-<hash of the score parameters>.parquet``; the
-file records the dynamics it was computed from (epoch files, sizes, mtimes) in its parquet
-metadata and is recomputed when they change.
+Scores combine the ``prune.score_runs`` runs of the teacher recipe (``orchestrator.teachers``).
+Every run's dynamics are verified against their manifest (epochs, sha256 per file) before any
+score is computed. Scores are cached under ``scores/<dynamics key>/`` as
+``scores-<hash of the score parameters>.parquet``; the file records the manifests it was computed
+from in its parquet metadata and is recomputed when they change.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ from orchestrator.config import Config
 from orchestrator.data.select import arrow_column, class_id_array, fingerprint
 from orchestrator.errors import DataError
 from orchestrator.methods import from_template, register_method, require_ipc, source_spec, with_index
-from orchestrator.teachers import dynamics_dir
+from orchestrator.teachers import artifact_key, dynamics_dirs, dynamics_key
 from pca.scores import SCORE_COLUMNS, compute_scores
 from pca.select import RULES, select
+from trainers.dynamics import RERECORD_HINT, verify_manifest
 
 PRUNING_RULES = ("forgetting", "el2n", "aum", "ccs")
 DYNAMICS_METHODS = PRUNING_RULES + ("pca",)
 EL2N_REDUCE = "mean"
-SCORES_VERSION = 1
+SCORES_VERSION = 2
 _DYNAMICS_KEY = b"rethinkdc.dynamics"
 
 
@@ -62,28 +65,27 @@ def needs_dynamics(config: Config) -> bool:
     return config.data.method in DYNAMICS_METHODS and not from_template(config)
 
 
-def missing_dynamics_error(dyn_dir: Path) -> DataError:
-    return DataError(
-        f"no training dynamics at {dyn_dir} (pruning scores are computed from them): record them with "
-        f"`python -m orchestrator teacher --config <protocol>` (same data and output_dir; the teacher run "
-        f"on the full training set writes them); sweeps do this automatically")
+def verified_dynamics(config: Config) -> list[dict]:
+    """The manifest of every score run, each verified (epochs, key, sha256 of every epoch file)."""
+    manifests = []
+    for run, dyn_dir in enumerate(dynamics_dirs(config)):
+        if not dyn_dir.is_dir():
+            raise DataError(f"no training dynamics at {dyn_dir} (score run {run} of {config.prune.score_runs}; "
+                            f"pruning scores are computed from them): {RERECORD_HINT}; sweeps do this automatically")
+        manifests.append(verify_manifest(dyn_dir, epochs=config.teacher.epochs, key=artifact_key(config, run)))
+    return manifests
 
 
-def dynamics_signature(dyn_dir: Path) -> list[list]:
-    """(relative path, size, mtime_ns) of every epoch file: changes whenever the dynamics do."""
-    files = sorted(Path(dyn_dir).glob("rank-*/epoch-*.parquet"))
-    signature = []
-    for file in files:
-        stat = file.stat()
-        signature.append([file.relative_to(dyn_dir).as_posix(), stat.st_size, stat.st_mtime_ns])
-    return signature
+def score_options(config: Config) -> dict:
+    """The parameters of pca.scores.compute_scores that the config sets."""
+    return {"el2n_epochs": config.prune.el2n_epochs, "el2n_reduce": EL2N_REDUCE,
+            "aum_margin": config.prune.aum_margin}
 
 
 def scores_cache_path(config: Config, num_samples: int) -> Path:
-    params = {"num_samples": int(num_samples), "el2n_epochs": config.prune.el2n_epochs,
-              "el2n_reduce": EL2N_REDUCE, "version": SCORES_VERSION}
+    params = {"num_samples": int(num_samples), **score_options(config), "version": SCORES_VERSION}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    return dynamics_dir(config) / f"scores-{digest}.parquet"
+    return config.out / "scores" / dynamics_key(config) / f"scores-{digest}.parquet"
 
 
 def _read_cache(path: Path, signature: str, num_samples: int) -> pd.DataFrame | None:
@@ -106,33 +108,26 @@ def _write_cache(path: Path, frame: pd.DataFrame, signature: str) -> None:
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _DYNAMICS_KEY: signature.encode()})
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, tmp)
         os.replace(tmp, path)
-    except OSError:  # a read-only dynamics folder: the scores are still returned, just not cached
+    except OSError:  # a read-only output folder: the scores are still returned, just not cached
         pass
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def load_scores(config: Config, num_samples: int) -> pd.DataFrame:
-    """Scores of the full training set (indexed 0..num_samples-1), from the cache or the dynamics."""
-    dyn_dir = dynamics_dir(config)
-    signature = dynamics_signature(dyn_dir) if dyn_dir.is_dir() else []
-    if not signature:
-        raise missing_dynamics_error(dyn_dir)
-    key = json.dumps(signature)
+    """Scores of the full training set (indexed 0..num_samples-1), from the cache or the verified dynamics."""
+    manifests = verified_dynamics(config)
+    signature = json.dumps(manifests, sort_keys=True)
     path = scores_cache_path(config, num_samples)
-    cached = _read_cache(path, key, num_samples) if path.is_file() else None
+    cached = _read_cache(path, signature, num_samples) if path.is_file() else None
     if cached is not None:
         return cached
-    try:
-        frame = compute_scores(dyn_dir, num_samples, el2n_epochs=config.prune.el2n_epochs,
-                               el2n_reduce=EL2N_REDUCE)
-    except DataError as exc:
-        if "no complete epoch" in str(exc):
-            raise missing_dynamics_error(dyn_dir) from exc
-        raise
-    _write_cache(path, frame, key)
+    epochs = list(range(config.teacher.epochs))
+    frame = compute_scores(dynamics_dirs(config), num_samples, epochs=epochs, **score_options(config))
+    _write_cache(path, frame, signature)
     return frame
 
 
@@ -163,7 +158,7 @@ def select_rows(config: Config, dataset: datasets.Dataset, *, rule: str, ipc: in
     prune = config.prune
     positions = select(rule, labels=class_id_array(dataset), scores=rows, ipc=ipc, reverse=reverse,
                        seed=config.seed, mis_ratio=prune.mis_ratio, strata=prune.strata,
-                       ccs_score=prune.ccs_score)
+                       ccs_score=prune.ccs_score, ccs_scope=prune.ccs_scope)
     return positions, keys, frame
 
 
@@ -241,9 +236,10 @@ def subset_manifest(config: Config, indices, scores: pd.DataFrame | None, *,
     rows = dataset.select(_rows_of(dataset, keys).tolist())
     prune = config.prune
     is_pca = rule == "pca"
-    parameters: dict = {"el2n_epochs": prune.el2n_epochs, "el2n_reduce": EL2N_REDUCE}
+    parameters: dict = {**score_options(config), "score_runs": prune.score_runs}
     if rule == "ccs":
-        parameters.update(mis_ratio=prune.mis_ratio, strata=prune.strata, ccs_score=prune.ccs_score)
+        parameters.update(mis_ratio=prune.mis_ratio, strata=prune.strata, ccs_score=prune.ccs_score,
+                          ccs_scope=prune.ccs_scope)
     if is_pca:
         parameters.update(pca_grid=prune.pca_grid, pca_rule=prune.pca_rule)
     column = score_column(prune.pca_rule if is_pca else rule, config)
@@ -264,7 +260,8 @@ def subset_manifest(config: Config, indices, scores: pd.DataFrame | None, *,
         "seed": config.seed,
         "parameters": parameters,
         "pca_grid": prune.pca_grid if is_pca else None,
-        "dynamics": str(dynamics_dir(config)),
+        "dynamics_key": dynamics_key(config),
+        "dynamics": [str(d) for d in dynamics_dirs(config)],
         "num_images": len(subset),
         "source_ids": sample_ids,
         "source_indices": keys.tolist(),

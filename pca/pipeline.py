@@ -1,4 +1,4 @@
-"""PCA's Prune and Combine steps (PROTOCOL.md §4) as one method: `pca_subset(config, dataset)`.
+"""PCA's Prune and Combine steps (docs/protocol.md §PCA) as one method: `pca_subset(config, dataset)`.
 
 1. Prune: IPC * grid^2 images per class, the EASIEST by ``prune.pca_rule`` (reversed rule; el2n by
    default), ranked easiest first.

@@ -1,4 +1,4 @@
-"""Subset selection by pruning rule (PROTOCOL.md §3, §4 Prune).
+"""Subset selection by pruning rule (docs/protocol.md §Selection).
 
 Owns the rule registry ``RULES`` (name -> ``RuleSpec``), the two budgets and CCS:
 
@@ -6,24 +6,28 @@ Owns the rule registry ``RULES`` (name -> ``RuleSpec``), the two budgets and CCS
   setting); ``fraction`` keeps fraction * N samples, rounded half up, of the whole set (not balanced).
   Each class (or the whole set) is one *pool*; the rule picks ``budget`` samples from each pool.
 - Monotonic rules (forgetting, el2n, aum) keep the hardest samples; ``reverse=True`` keeps the
-  easiest instead (PCA's prune step: reversed EL2N = lowest EL2N first). Ties are broken by
-  ascending sample index, in both directions.
+  easiest instead (PCA's prune step: reversed EL2N = lowest EL2N first). **Ties are broken by a
+  seeded random draw** (the pool's generator), never by sample index, in both directions.
 - ``random``: a seeded uniform choice per pool.
 - ``ccs`` (Zheng et al., ICLR'23, coverage-centric coreset selection) over a base rule's score
-  (``ccs_score``, default "aum"), per pool:
-  1. drop the hardest ``mis_ratio`` fraction (floor(mis_ratio * pool size) samples). If
-     ``mis_ratio`` is None it follows the overall prune rate 1 - selected / N: 0.3 when pruning
-     >= 90%, 0.2 when >= 80%, else 0.1. If the pool left is smaller than the budget, fewer
-     samples are dropped (pool size - budget), so the budget is always met;
+  (``ccs_score``, default "aum"):
+  1. drop the hardest ``mis_ratio`` fraction, ranked by AUM (lowest first) whatever the base score,
+     as CCS's code does (``--mis-key accumulated_margin``). If ``mis_ratio`` is None it follows the
+     overall prune rate 1 - selected / N: 0.3 when pruning >= 90%, 0.2 when >= 80%, else 0.1. A
+     pool is never cut below its budget (fewer of its samples are dropped);
   2. split the remaining score range [min, max] into ``strata`` equal-width bins (the maximum
      falls in the last bin; a constant score puts everything in one bin);
   3. ``ccs_allocate``: visit the non-empty strata from the smallest (ties: lower bin first), each
      gets min(its size, remaining budget // strata not yet visited); the integer remainder thus
      flows to the larger strata visited later, and the last one takes what is left;
   4. sample uniformly without replacement inside each stratum with the pool's seeded generator.
+  ``ccs_scope="global"`` (default, CCS's own setting): steps 1-2 run once over the whole set
+  (drop count floor(mis_ratio * N), bin edges from the whole set's kept scores); only steps 3-4
+  run per class, because the benchmark fixes IPC. ``ccs_scope="class"``: all four steps per pool.
 
 Every pool draws from its own generator ``numpy.random.default_rng([seed, pool_key])`` (pool key 0
-for the whole set, class + 1 for a class), so a class's pick does not depend on the other classes.
+for the whole set, class + 1 for a class), so a class's pick does not depend on the other classes;
+the global CCS drop uses ``default_rng([seed, 0, 1])``.
 Output: sample indices ordered by class, then by rank within the class (hardest first, or
 easiest first with ``reverse``); random and ccs have no rank, their picks are in ascending index.
 
@@ -33,7 +37,7 @@ To add a rule: write a picker ``(Pool) -> np.ndarray`` if none fits, then add on
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -53,9 +57,12 @@ class Pool:
     reverse: bool = False
     mis_ratio: float = 0.0
     strata: int = 50
+    drop_hardness: np.ndarray | None = None  # ccs: AUM as 'higher = harder', ranks the mislabelled drop
+    strata_ids: np.ndarray | None = None  # ccs global: each member's stratum, -1 if dropped
 
 
 Picker = Callable[[Pool], np.ndarray]
+CCS_SCOPES = ("global", "class")
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,15 @@ class RuleSpec:
 
 
 # -- pickers ---------------------------------------------------------------------------------
+def hard_order(hardness: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Positions from hardest to easiest; equal scores in a seeded random order."""
+    return np.lexsort((rng.random(hardness.shape[0]), -hardness))
+
+
 def rank_hard_first(pool: Pool) -> np.ndarray:
-    """Positions in the pool from hardest to easiest (easiest to hardest if reversed); ties by index."""
+    """Positions in the pool from hardest to easiest (easiest to hardest if reversed); ties by seeded draw."""
     assert pool.hardness is not None
-    key = -pool.hardness if pool.reverse else pool.hardness
-    return np.lexsort((pool.indices, -key))
+    return hard_order(-pool.hardness if pool.reverse else pool.hardness, pool.rng)
 
 
 def pick_monotonic(pool: Pool) -> np.ndarray:
@@ -123,16 +134,45 @@ def ccs_drop_count(pool_size: int, budget: int, mis_ratio: float) -> int:
     return max(0, min(int(np.floor(mis_ratio * pool_size + 1e-9)), pool_size - budget))
 
 
+def ccs_strata_ids(hardness: np.ndarray, drop_hardness: np.ndarray, group: np.ndarray, room: np.ndarray,
+                   drop: int, strata: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratum of every sample, -1 for the ``drop`` hardest by ``drop_hardness`` (steps 1-2).
+
+    ``group`` [n] is each sample's pool, ``room`` [pools] how many of a pool may be dropped (its
+    size minus its budget): walking hardest first, a sample is dropped while its pool has room.
+    """
+    order = hard_order(drop_hardness, rng)
+    ordered_groups = group[order]
+    by_group = np.argsort(ordered_groups, kind="stable")  # hardest first within each pool
+    sorted_groups = ordered_groups[by_group]
+    rank = np.empty(order.size, dtype=np.int64)  # rank of order[i] among the hardest of its pool
+    rank[by_group] = np.arange(order.size) - np.searchsorted(sorted_groups, sorted_groups)
+    eligible = order[rank < room[ordered_groups]]
+    ids = np.full(hardness.shape[0], -1, dtype=np.int64)
+    kept = np.ones(hardness.shape[0], dtype=bool)
+    kept[eligible[:drop]] = False
+    if kept.any():
+        ids[kept] = stratum_ids(hardness[kept], strata)
+    return ids
+
+
+def pool_strata_ids(pool: Pool) -> np.ndarray:
+    """ccs_scope="class": the drop and the strata within this pool alone."""
+    assert pool.hardness is not None and pool.drop_hardness is not None
+    size = pool.indices.shape[0]
+    drop = ccs_drop_count(size, pool.budget, pool.mis_ratio)
+    return ccs_strata_ids(pool.hardness, pool.drop_hardness, np.zeros(size, dtype=np.int64),
+                          np.array([size - pool.budget]), drop, pool.strata, pool.rng)
+
+
 def pick_ccs(pool: Pool) -> np.ndarray:
     """Coverage-centric selection (module docstring, steps 1-4), ascending index."""
-    assert pool.hardness is not None
-    hard_first = rank_hard_first(replace(pool, reverse=False))
-    kept = np.sort(hard_first[ccs_drop_count(pool.indices.shape[0], pool.budget, pool.mis_ratio) :])
+    ids = pool.strata_ids if pool.strata_ids is not None else pool_strata_ids(pool)
+    kept = np.flatnonzero(ids >= 0)
     if pool.budget == 0 or kept.size == 0:
         return pool.indices[:0]
-    bins = stratum_ids(pool.hardness[kept], pool.strata)
-    allocation = ccs_allocate(np.bincount(bins, minlength=pool.strata).tolist(), pool.budget)
-    chosen = [pool.rng.choice(kept[bins == b], size=n, replace=False) for b, n in enumerate(allocation) if n]
+    allocation = ccs_allocate(np.bincount(ids[kept], minlength=pool.strata).tolist(), pool.budget)
+    chosen = [pool.rng.choice(kept[ids[kept] == b], size=n, replace=False) for b, n in enumerate(allocation) if n]
     return np.sort(pool.indices[np.concatenate(chosen)])
 
 
@@ -245,6 +285,18 @@ def _resolve_mis_ratio(mis_ratio: float | None, total_budget: int, num_samples: 
     return ratio
 
 
+def global_strata_ids(hardness: np.ndarray, drop_hardness: np.ndarray, pools: list[tuple[int, np.ndarray, int]],
+                      ratio: float, strata: int, seed: int) -> np.ndarray:
+    """ccs_scope="global": one drop of floor(ratio * N) over the whole set, bin edges from all kept scores."""
+    group = np.zeros(hardness.shape[0], dtype=np.int64)
+    room = np.zeros(len(pools), dtype=np.int64)
+    for number, (_, indices, budget) in enumerate(pools):
+        group[indices] = number
+        room[number] = indices.shape[0] - budget
+    drop = int(np.floor(ratio * hardness.shape[0] + 1e-9))
+    return ccs_strata_ids(hardness, drop_hardness, group, room, drop, strata, np.random.default_rng([seed, 0, 1]))
+
+
 # -- entry point -------------------------------------------------------------------------------
 def select(
     rule: str,
@@ -258,6 +310,7 @@ def select(
     mis_ratio: float | None = None,
     strata: int = 50,
     ccs_score: str = "aum",
+    ccs_scope: str = "global",
 ) -> np.ndarray:
     """Indices of the samples ``rule`` keeps: exactly ``ipc`` per class, or ``fraction`` of all.
 
@@ -274,14 +327,23 @@ def select(
         raise ConfigError(f"seed must be >= 0, got {seed}")
     if strata < 1:
         raise ConfigError(f"strata must be >= 1, got {strata}")
+    if ccs_scope not in CCS_SCOPES:
+        raise ConfigError(f"ccs_scope must be one of {list(CCS_SCOPES)}, got {ccs_scope!r}")
     base = _base_spec(rule, spec, ccs_score)
     hardness = None if base.score_column is None else _hardness(rule, base, scores, labels.size)
+    drop_hardness = _hardness(rule, RULES["aum"], scores, labels.size) if spec.uses_base_score else None
     pools = _pools(labels, ipc, fraction)
     ratio = _resolve_mis_ratio(mis_ratio, sum(b for _, _, b in pools), labels.size) if spec.uses_base_score else 0.0
+    strata_ids = None
+    if spec.uses_base_score and ccs_scope == "global":
+        strata_ids = global_strata_ids(hardness, drop_hardness, pools, ratio, strata, seed)
     picked = []
     for key, indices, budget in pools:
-        pool_hardness = None if hardness is None else hardness[indices]
+        part = {name: None if values is None else values[indices]
+                for name, values in (("hardness", hardness), ("drop_hardness", drop_hardness),
+                                     ("strata_ids", strata_ids))}
         rng = np.random.default_rng([seed, key])
-        picked.append(spec.pick(Pool(indices, pool_hardness, budget, rng, reverse, ratio, strata)))
+        picked.append(spec.pick(Pool(indices, part["hardness"], budget, rng, reverse, ratio, strata,
+                                     part["drop_hardness"], part["strata_ids"])))
     selected = np.concatenate(picked).astype(np.int64)
     return selected[np.argsort(labels[selected], kind="stable")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Where `report` remembers the output folder of each experiment: kept out of the user's home.
+os.environ.setdefault("ORCHESTRATOR_HOME", os.path.join(tempfile.mkdtemp(prefix="orchestrator-home-")))
 REPO = Path(__file__).resolve().parents[1]
 
 

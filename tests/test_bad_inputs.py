@@ -7,16 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-HARD = str(REPO / "configs/fmnist-hard.yaml")
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.err + captured.out
+from tests_paths import HARD, run_cli
 
 
 def image_folder(root: Path, classes: dict[str, int], size: int = 28) -> Path:
@@ -84,3 +76,9 @@ def test_hub_key_without_network(capsys, base_args):
 def test_soft_labels_without_teacher(capsys, base_args):
     code, text = run_cli(capsys, "run", *base_args, "--label-mode", "soft", "--ipc", "1")
     assert code == 2 and "teacher" in text and "python -m orchestrator teacher" in text
+
+
+def test_more_workers_than_images_is_refused_before_training(capsys, tmp_path):
+    code, text = run_cli(capsys, "run", "--config", HARD, "--ipc", "1", "--workers", "4", "--set",
+                         "train.grad_accum=4", "--output-dir", str(tmp_path))
+    assert code == 2 and "train.workers x train.grad_accum = 16" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -102,3 +103,19 @@ def test_killed_cell_resumes_from_checkpoint_with_same_metrics(ray_cluster, tiny
     runs = MlflowClient(tracking_uri(config)).search_runs(
         [MlflowClient(tracking_uri(config)).get_experiment_by_name("fmnist-hard").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same MLflow run was resumed
+    # ... and it reads as one run: each epoch logged once, wall time counting the killed attempt too
+    client = MlflowClient(tracking_uri(config))
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")) == [0, 1, 2, 3, 4]
+    summary = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "summary.json")).read_text())
+    assert summary["prior_wall_seconds"] > 0
+    assert runs[0].data.metrics["time/wall_s"] > summary["prior_wall_seconds"] + summary["train_seconds"] / 5
+
+
+def test_diverged_cell_is_failed_with_its_reason_not_finished(ray_cluster, tiny_config):
+    config = tiny_config(**{"optim.name": "sgd", "optim.lr": 1e30})
+    with pytest.raises(Exception, match="diverged"):
+        run_cell(config)
+    client = MlflowClient(tracking_uri(config))
+    runs = client.search_runs([client.get_experiment_by_name("fmnist-hard").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["failure"].startswith("diverged: training loss")

@@ -1,4 +1,4 @@
-"""Tests for trainers.dynamics: per-sample values, file layout, atomic epochs, flat memory."""
+"""Tests for trainers.dynamics: per-sample values, file layout, atomic epochs, flat memory, manifests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from orchestrator.errors import DataError
-from trainers.dynamics import DynamicsWriter, epoch_file, iter_epoch_tables, read_epochs, sample_metrics
+from trainers.dynamics import DynamicsWriter, epoch_file, iter_epoch_tables, read_epochs, sample_metrics, \
+    verify_manifest, write_manifest
 
 
 def _expected(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -22,11 +23,13 @@ def _expected(logits: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
     rows = np.arange(len(labels))
     onehot = np.eye(logits.shape[1])[labels]
     others = np.where(onehot == 1, -np.inf, probs)
+    other_logits = np.where(onehot == 1, -np.inf, logits)
     return {
         "correct": logits.argmax(axis=1) == labels,
         "p_target": probs[rows, labels],
         "p_other": others.max(axis=1),
         "el2n": np.linalg.norm(probs - onehot, axis=1),
+        "margin": logits[rows, labels] - other_logits.max(axis=1),
     }
 
 
@@ -38,6 +41,8 @@ def test_sample_metrics_hand_example() -> None:
     np.testing.assert_allclose(out["p_target"], [0.25, 0.75], atol=1e-6)
     np.testing.assert_allclose(out["p_other"], [0.75, 0.25], atol=1e-6)
     np.testing.assert_allclose(out["el2n"], [np.sqrt(2) * 0.75, np.sqrt(2) * 0.25], atol=1e-6)
+    # Pleiss et al.'s AUM margin is on logits: z_label - max other z = -ln 3 and +ln 3
+    np.testing.assert_allclose(out["margin"], [-np.log(3.0), np.log(3.0)], atol=1e-6)
 
 
 def test_two_ranks_three_epochs_round_trip(tmp_path: Path) -> None:
@@ -73,7 +78,7 @@ def test_two_ranks_three_epochs_round_trip(tmp_path: Path) -> None:
         assert set(table.column("epoch").to_numpy().tolist()) == {epoch}
         want = _expected(logits[epoch][index].astype(np.float64), labels[index])
         np.testing.assert_array_equal(table.column("correct").to_numpy(), want["correct"])
-        for name in ("p_target", "p_other", "el2n"):
+        for name in ("p_target", "p_other", "el2n", "margin"):
             got = table.column(name).to_numpy().astype(np.float64)
             np.testing.assert_allclose(got, want[name], atol=2e-3, rtol=2e-3)
     assert seen_epochs == [0, 1, 2]
@@ -149,3 +154,54 @@ def test_memory_flat_in_epochs(tmp_path: Path) -> None:
     assert peaks[20] <= 1.5 * peaks[2], peaks
     assert read_epochs(tmp_path) == list(range(20))
     assert pq.ParquetFile(epoch_file(tmp_path, 0, 19)).metadata.num_rows == n
+
+
+def _sealed_run(tmp_path: Path, epochs: int = 3, n: int = 6) -> Path:
+    out = tmp_path / "dyn"
+    with DynamicsWriter(out, 0) as writer:
+        for epoch in range(epochs):
+            writer.add(epoch, np.arange(n), np.zeros((n, 2), dtype=np.float32), np.zeros(n, dtype=np.int64))
+            writer.end_epoch()
+    write_manifest(out, epochs=epochs, num_samples=n, key="k1")
+    return out
+
+
+def test_manifest_accepts_the_sealed_run(tmp_path: Path) -> None:
+    out = _sealed_run(tmp_path)
+    manifest = verify_manifest(out, epochs=3, key="k1")
+    assert manifest["num_samples"] == 6 and len(manifest["files"]) == 3
+    assert manifest["files"]["rank-000/epoch-0002.parquet"]["rows"] == 6
+
+
+def test_manifest_rejects_a_truncated_file(tmp_path: Path) -> None:
+    out = _sealed_run(tmp_path)
+    path = epoch_file(out, 0, 1)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"epoch-0001.parquet changed.*teacher --force"):
+        verify_manifest(out, epochs=3, key="k1")
+
+
+def test_manifest_rejects_a_deleted_or_extra_epoch(tmp_path: Path) -> None:
+    out = _sealed_run(tmp_path)
+    extra = epoch_file(out, 1, 0)
+    extra.parent.mkdir()
+    extra.write_bytes(epoch_file(out, 0, 0).read_bytes())
+    with pytest.raises(DataError, match=r"rank-001/epoch-0000.parquet is not in"):
+        verify_manifest(out, epochs=3, key="k1")
+    extra.unlink()
+    epoch_file(out, 0, 2).unlink()
+    with pytest.raises(DataError, match=r"epoch-0002.parquet is missing \(epoch 2\)"):
+        verify_manifest(out, epochs=3, key="k1")
+
+
+def test_manifest_rejects_other_settings_and_unsealed_runs(tmp_path: Path) -> None:
+    out = _sealed_run(tmp_path)
+    with pytest.raises(DataError, match="recorded with other settings .*epochs is 3, the config needs 8"):
+        verify_manifest(out, epochs=8, key="k1")
+    with pytest.raises(DataError, match="key is k1, the config needs k2"):
+        verify_manifest(out, epochs=3, key="k2")
+    (out / "manifest.json").unlink()
+    with pytest.raises(DataError, match="no valid manifest.json"):
+        verify_manifest(out, epochs=3, key="k1")
+    with pytest.raises(DataError, match=r"lack epochs \[3\]"):
+        write_manifest(out, epochs=4, num_samples=6, key="k1")

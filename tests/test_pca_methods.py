@@ -1,8 +1,9 @@
 """Pruning rules and PCA as registered methods, on a small real image folder with real dynamics.
 
 The world: 4 classes x 10 random-noise PNGs (20x20, grey) loaded through load_source, and training
-dynamics written by trainers.dynamics.DynamicsWriter (two ranks, two epochs) from known logits:
-sample i has logit a_i on its label and 0 elsewhere, so a lower a_i means a higher EL2N (harder).
+dynamics written by trainers.dynamics.DynamicsWriter (two ranks, two epochs, for each of the
+config's score runs, sealed with a manifest) from known logits: sample i has logit a_i on its
+label and 0 elsewhere, so a lower a_i means a higher EL2N and a lower AUM (harder).
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from orchestrator.config import load_config, replace
 from orchestrator.data.select import class_id_array, fingerprint
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.methods import METHODS, load_train_source, method_fn, with_index
-from orchestrator.teachers import dynamics_dir
+from orchestrator.teachers import artifact_key, dynamics_dir, dynamics_dirs, dynamics_key
 from pca.combine import tile_boxes
 from pca.methods import load_scores, needs_dynamics, prune_selection, scores_cache_path, subset_manifest
 from pca.pipeline import pca_selection, pca_subset
 from pca.scores import compute_scores
-from trainers.dynamics import DynamicsWriter
+from trainers.dynamics import DynamicsWriter, epoch_file, write_manifest
 
 CLASSES = ["c0", "c1", "c2", "c3"]
 PER_CLASS = 10
@@ -46,24 +47,25 @@ def make_image_folder(root: Path) -> Path:
 
 
 def write_dynamics(config, epochs=(0, 1), margin: np.ndarray = MARGIN) -> Path:
-    """Two ranks (even / odd samples), one file per (rank, epoch)."""
+    """Every score run: two ranks (even / odd samples), one file per (rank, epoch), then sealed."""
     logits = np.zeros((N, len(CLASSES)), dtype=np.float32)
     logits[np.arange(N), LABELS] = margin
-    out = dynamics_dir(config)
-    for rank in (0, 1):
-        rows = np.arange(rank, N, 2)
-        writer = DynamicsWriter(out, rank)
-        for epoch in epochs:
-            writer.add(epoch, rows, logits[rows], LABELS[rows])
-            writer.end_epoch()
-        writer.close()
-    return out
+    for run, out in enumerate(dynamics_dirs(config)):
+        for rank in (0, 1):
+            rows = np.arange(rank, N, 2)
+            writer = DynamicsWriter(out, rank)
+            for epoch in epochs:
+                writer.add(epoch, rows, logits[rows], LABELS[rows])
+                writer.end_epoch()
+            writer.close()
+        write_manifest(out, epochs=len(epochs), num_samples=N, key=artifact_key(config, run))
+    return dynamics_dir(config)
 
 
 def make_config(tmp_path: Path, folder: Path, **overrides):
     base = {"output_dir": str(tmp_path / "out"), "data.train": str(folder), "data.val": str(folder),
             "data.image_size": SIZE, "data.mode": "L", "data.ipc": 2, "data.method": "el2n",
-            "data.check_images": False}
+            "data.check_images": False, "teacher.epochs": 2}
     base.update(overrides)
     return load_config(None, base)
 
@@ -118,7 +120,7 @@ def test_registered_rules_keep_exactly_ipc_per_class(world, rule):
 
 def test_el2n_keeps_the_hardest_and_reverse_the_easiest(world):
     config, dataset = world
-    scores = compute_scores(dynamics_dir(config), N)
+    scores = compute_scores(dynamics_dirs(config), N)
     hard = picked_keys(method_fn(config)(config, dataset))
     assert per_class(hard) == extreme_margin(2, lowest=True)
     for c in range(len(CLASSES)):  # the highest EL2N of each class
@@ -149,9 +151,12 @@ def test_ccs_is_deterministic_per_seed(world):
         assert picked_keys(method_fn(seeded)(seeded, dataset)).tolist() == first
         picks[seed] = tuple(first)
     assert len(set(picks.values())) > 1  # the seed matters
-    hardest = extreme_margin(2, lowest=True)  # mis_ratio 0.2 drops the 2 hardest of each class
-    for seed, keys in picks.items():
-        assert all(not (per_class(np.array(keys))[c] & hardest[c]) for c in range(len(CLASSES)))
+    hardest = set(np.argsort(MARGIN)[:8].tolist())  # mis_ratio 0.2 drops the 8 lowest AUMs of the whole set
+    assert all(not set(keys) & hardest for keys in picks.values())
+    per_class_config = replace(config, {"prune.ccs_scope": "class"})
+    keys = picked_keys(method_fn(per_class_config)(per_class_config, dataset))
+    hardest_per_class = extreme_margin(2, lowest=True)  # per class: the 2 hardest of each class
+    assert all(not (per_class(keys)[c] & hardest_per_class[c]) for c in range(len(CLASSES)))
 
 
 def test_ccs_rejects_reverse(world):
@@ -164,10 +169,10 @@ def test_ccs_rejects_reverse(world):
 def test_score_cache_is_reused_and_invalidated_when_dynamics_change(world):
     config, _ = world
     path = scores_cache_path(config, N)
-    assert path.parent == dynamics_dir(config) and path.name.startswith("scores-")
+    assert path.parent == config.out / "scores" / dynamics_key(config) and path.name.startswith("scores-")
     first = load_scores(config, N)
     assert path.is_file()
-    expected = compute_scores(dynamics_dir(config), N)
+    expected = compute_scores(dynamics_dirs(config), N)
     np.testing.assert_allclose(first["el2n"].to_numpy(), expected["el2n"].to_numpy())
     # tamper with the cached values (keeping its dynamics record): a reuse returns them
     table = pq.read_table(path)
@@ -175,10 +180,10 @@ def test_score_cache_is_reused_and_invalidated_when_dynamics_change(world):
     frame["el2n"] = 123.0
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(table.schema.metadata), path)
     assert (load_scores(config, N)["el2n"] == 123.0).all()
-    # new dynamics (one more epoch with other margins): recomputed and rewritten
-    write_dynamics(config, epochs=(2,), margin=-MARGIN)
+    # dynamics recorded again (other margins, sealed again): recomputed and rewritten
+    write_dynamics(config, margin=-MARGIN)
     fresh = load_scores(config, N)
-    np.testing.assert_allclose(fresh["el2n"].to_numpy(), compute_scores(dynamics_dir(config), N)["el2n"].to_numpy())
+    np.testing.assert_allclose(fresh["el2n"].to_numpy(), compute_scores(dynamics_dirs(config), N)["el2n"].to_numpy())
     assert not (fresh["el2n"] == 123.0).any()
     assert (load_scores(config, N)["aum"].to_numpy() == fresh["aum"].to_numpy()).all()
     # other score parameters get their own cache file
@@ -196,10 +201,38 @@ def test_missing_dynamics_is_a_clear_error(tmp_path):
         method_fn(config)(config, dataset)
     message = str(info.value)
     assert str(dynamics_dir(config)) in message
-    assert "python -m orchestrator teacher --config" in message
+    assert "python -m orchestrator teacher --force --config" in message
     dynamics_dir(config).mkdir(parents=True)  # an empty folder is just as missing
-    with pytest.raises(DataError, match="orchestrator teacher"):
+    with pytest.raises(DataError, match="no valid manifest.json.*orchestrator teacher --force"):
         method_fn(config)(config, dataset)
+
+
+def test_damaged_dynamics_are_refused_before_scoring(world):
+    """Issue 10: a deleted epoch file or a truncated one is a DataError naming it, never a score."""
+    config, dataset = world
+    deleted = epoch_file(dynamics_dir(config, 1), 0, 1)
+    deleted.unlink()
+    with pytest.raises(DataError, match=f"{deleted}.*missing.*teacher --force"):
+        method_fn(config)(config, dataset)
+    write_dynamics(config)
+    truncated = epoch_file(dynamics_dir(config, 0), 1, 0)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    with pytest.raises(DataError, match=f"{truncated} changed since the run finished"):
+        method_fn(config)(config, dataset)
+
+
+def test_dynamics_of_other_settings_are_never_read(world):
+    """Other teacher epochs, seed or recipe: another key, another folder, so no dynamics found."""
+    config, dataset = world
+    for override in ({"teacher.epochs": 3}, {"teacher.seed": 1}, {"teacher.batch_size": 64},
+                     {"teacher.model": "resnet18_small"}, {"optim.lr": 0.01}):
+        other = replace(config, override)
+        assert dynamics_key(other) != dynamics_key(config)
+        with pytest.raises(DataError, match="no training dynamics at"):
+            method_fn(other)(other, dataset)
+    # the cell seed and the student recipe do not change the dynamics a rule reads
+    same = replace(config, {"seed": 5, "schedule.epochs": 7, "model.name": "resnet18_small"})
+    assert dynamics_key(same) == dynamics_key(config)
 
 
 def test_needs_dynamics(tmp_path):
@@ -265,7 +298,9 @@ def test_subset_manifest(world):
     manifest = subset_manifest(config, selection.indices, selection.scores, dataset=dataset, classes=CLASSES)
     assert manifest["rule"] == "el2n" and manifest["ipc"] == 2 and manifest["reverse"] is False
     assert manifest["source"]["spec"] == config.data.train and manifest["source"]["classes"] == CLASSES
-    assert manifest["parameters"]["el2n_epochs"] == 10
+    assert manifest["parameters"]["el2n_epochs"] == 2 and manifest["parameters"]["score_runs"] == 2
+    assert manifest["parameters"]["aum_margin"] == "logit"
+    assert manifest["dynamics_key"] == dynamics_key(config)
     assert manifest["source_ids"] == selection.subset["sample_id"]
     assert manifest["scores"]["column"] == "el2n"
     np.testing.assert_allclose(manifest["scores"]["values"], selection.scores["el2n"].to_numpy()[selection.indices])

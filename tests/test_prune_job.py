@@ -17,7 +17,7 @@ from orchestrator.data.select import class_id_array, fingerprint
 from orchestrator.data.sources import load_source
 from orchestrator.errors import ConfigError
 from orchestrator.prune_job import add_prune_parser, prune
-from orchestrator.teachers import dynamics_dir
+from orchestrator.teachers import dynamics_dirs, dynamics_key
 from pca.scores import compute_scores
 from test_pca_methods import CLASSES, N, SIZE, extreme_margin, make_config, make_image_folder, per_class, write_dynamics
 
@@ -49,9 +49,10 @@ def test_prune_writes_parquet_and_manifest(setup):
     assert manifest["source_ids"] == source.dataset["sample_id"]
     keys = np.array(manifest["source_indices"])
     assert per_class(keys) == extreme_margin(2, lowest=True)
-    scores = compute_scores(dynamics_dir(config), N)
+    scores = compute_scores(dynamics_dirs(config), N)
     np.testing.assert_allclose(manifest["scores"]["values"], scores["el2n"].to_numpy()[keys])
     assert manifest["source"]["spec"] == config.data.train
+    assert manifest["dynamics_key"] == dynamics_key(config)
     # the same request is the same folder, the reverse one another
     assert prune(config, rule="el2n", ipc=2, reverse=False, out_dir=None) == folder
     easy = prune(config, rule="el2n", ipc=2, reverse=True, out_dir=None)
@@ -90,7 +91,8 @@ def test_cmd_prune_via_its_parser(setup, tmp_path, capsys):
     protocol.write_text(yaml.safe_dump({
         "name": "tiny", "output_dir": str(config.out),
         "data": {"train": str(folder), "val": str(folder), "image_size": SIZE, "mode": "L", "method": "aum",
-                 "ipc": 10}}))
+                 "ipc": 10},
+        "teacher": {"epochs": 2}}))  # the recipe the fixture's dynamics were recorded with
     out = tmp_path / "cli-set"
     args = cli(["prune", "--config", str(protocol), "--rule", "el2n", "--ipc", "3", "--reverse", "--out", str(out)])
     assert args.func(args) == 0

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.errors import DataError
 from pca.scores import (
     aum_scores,
+    combine_runs,
     compute_scores,
     el2n_scores,
     forgetting_counts,
@@ -49,6 +50,14 @@ P_OTHER = np.array(
         [0.05, 0.4, 0.5, 0.05, 0.1, 0.0],
     ]
 )
+MARGIN = np.array(  # logit margins z_label - max other z
+    [
+        [1.0, -2.0, 0.5, -1.0, 2.0, 0.0],
+        [-1.0, -1.0, -2.0, 1.0, 0.0, 0.0],
+        [2.0, -3.0, 1.0, 3.0, -1.0, 0.0],
+        [4.0, -2.0, -1.0, 4.0, 2.0, 0.0],
+    ]
+)
 EL2N = np.array(
     [
         [0.5, 1.0, 0.6, 0.9, 0.4, 0.0],
@@ -78,9 +87,12 @@ def test_forgetting_skips_absent_epochs() -> None:
 
 
 def test_forgetting_rank_score_puts_never_learned_hardest() -> None:
+    # Toneva: a never-learned sample counts as many events as epochs it was seen (4), more than any
+    # sample can be forgotten (at most 2 in 4 epochs)
     forgetting = np.array([1.0, 0.0, 2.0, 0.0, 1.0, np.nan])
     learned = np.array([T, F, T, T, T, F])
-    np.testing.assert_array_equal(forgetting_rank_score(forgetting, learned), [1, 3, 2, 0, 1, np.nan])
+    seen = np.array([4, 4, 4, 4, 3, 0])
+    np.testing.assert_array_equal(forgetting_rank_score(forgetting, learned, seen), [1, 4, 2, 0, 1, np.nan])
 
 
 def test_el2n_first_k_epochs_hand_example() -> None:
@@ -94,24 +106,45 @@ def test_el2n_first_k_epochs_hand_example() -> None:
 
 
 def test_aum_hand_example() -> None:
-    total, mean = aum_scores(P_TARGET, P_OTHER, SEEN)
+    # Pleiss et al.: mean logit margin over the epochs seen
+    # s0: (1 - 1 + 2 + 4) / 4; s1: -8 / 4; s2: -1.5 / 4; s3: 7 / 4; s4 (epochs 0, 2, 3): 3 / 3
+    logit = aum_scores(MARGIN, SEEN)
+    np.testing.assert_allclose(logit[:5], [1.5, -2.0, -0.375, 1.75, 1.0])
+    # CCS's code: summed probability margin
     # s0: .3 - .2 + .5 + .85; s1: -.4 -.2 -.5 -.1; s2: .1 -.5 +.3 -.25; s3: -.4 +.3 +.7 +.85
     # s4 (epochs 0, 2, 3): .5 - .3 + .7
-    np.testing.assert_allclose(total[:5], [1.45, -1.2, -0.35, 1.45, 0.9])
-    np.testing.assert_allclose(mean[:5], [1.45 / 4, -0.3, -0.35 / 4, 1.45 / 4, 0.3])
-    assert np.isnan(total[5]) and np.isnan(mean[5])
+    probability = aum_scores(P_TARGET - P_OTHER, SEEN, aum_margin="probability")
+    np.testing.assert_allclose(probability[:5], [1.45, -1.2, -0.35, 1.45, 0.9])
+    assert np.isnan(logit[5]) and np.isnan(probability[5])
 
 
 def test_scores_frame_hand_example() -> None:
-    frame = scores_from_arrays(CORRECT, P_TARGET, P_OTHER, EL2N, seen=SEEN, el2n_epochs=2)
+    frame = scores_from_arrays(CORRECT, P_TARGET, P_OTHER, EL2N, margin=MARGIN, seen=SEEN, el2n_epochs=2)
     assert list(frame.index) == list(range(6))
     np.testing.assert_array_equal(frame["forgetting"], [1, 0, 2, 0, 1, np.nan])
-    np.testing.assert_array_equal(frame["forgetting_rank_score"], [1, 3, 2, 0, 1, np.nan])
+    np.testing.assert_array_equal(frame["forgetting_rank_score"], [1, 4, 2, 0, 1, np.nan])
     np.testing.assert_array_equal(frame["ever_learned"], [T, F, T, T, T, F])
     np.testing.assert_array_equal(frame["epochs_seen"], [4, 4, 4, 4, 3, 0])
     np.testing.assert_allclose(frame["el2n"], [0.65, 1.05, 0.8, 0.7, 0.4, np.nan])
-    np.testing.assert_allclose(frame["aum"], [1.45, -1.2, -0.35, 1.45, 0.9, np.nan])
-    np.testing.assert_allclose(frame["aum_mean"], [1.45 / 4, -0.3, -0.35 / 4, 1.45 / 4, 0.3, np.nan])
+    np.testing.assert_allclose(frame["aum"], [1.5, -2.0, -0.375, 1.75, 1.0, np.nan])
+    ccs_style = scores_from_arrays(CORRECT, P_TARGET, P_OTHER, EL2N, seen=SEEN, el2n_epochs=2,
+                                   aum_margin="probability")
+    np.testing.assert_allclose(ccs_style["aum"], [1.45, -1.2, -0.35, 1.45, 0.9, np.nan])
+
+
+def test_runs_combine_as_the_papers_do() -> None:
+    # run b: every sample learned at every epoch (no forgetting), el2n .1, logit margin 5
+    first = scores_from_arrays(CORRECT[:, :5], P_TARGET[:, :5], P_OTHER[:, :5], EL2N[:, :5], margin=MARGIN[:, :5],
+                               seen=SEEN[:, :5], el2n_epochs=2)
+    ones = np.ones((4, 5))
+    second = scores_from_arrays(ones.astype(bool), ones, 0 * ones, 0.1 * ones, margin=5 * ones, el2n_epochs=2)
+    both = combine_runs([first, second])
+    # Toneva sums forgetting over runs; Paul et al. average EL2N over runs; AUM averaged too
+    np.testing.assert_array_equal(both["forgetting_rank_score"], [1, 4, 2, 0, 1])
+    np.testing.assert_allclose(both["el2n"], (np.array([0.65, 1.05, 0.8, 0.7, 0.4]) + 0.1) / 2)
+    np.testing.assert_allclose(both["aum"], (np.array([1.5, -2.0, -0.375, 1.75, 1.0]) + 5) / 2)
+    np.testing.assert_array_equal(both["epochs_seen"], [8, 8, 8, 8, 7])
+    assert both["ever_learned"].all()
 
 
 def _write_random_dynamics(dyn_dir: Path, n: int, epochs: int, seed: int = 0, ranks: int = 2) -> dict[str, np.ndarray]:
@@ -119,7 +152,7 @@ def _write_random_dynamics(dyn_dir: Path, n: int, epochs: int, seed: int = 0, ra
     rng = np.random.default_rng(seed)
     classes = 4
     labels = rng.integers(0, classes, n)
-    arrays = {name: np.zeros((epochs, n)) for name in ("correct", "p_target", "p_other", "el2n")}
+    arrays = {name: np.zeros((epochs, n)) for name in ("correct", "p_target", "p_other", "el2n", "margin")}
     seen = np.zeros((epochs, n), dtype=bool)
     writers = [DynamicsWriter(dyn_dir, r, flush_rows=16) for r in range(ranks)]
     for epoch in range(epochs):
@@ -134,7 +167,8 @@ def _write_random_dynamics(dyn_dir: Path, n: int, epochs: int, seed: int = 0, ra
         metrics = sample_metrics(logits[order], labels[order])
         seen[epoch, order] = True
         for name, values in metrics.items():
-            arrays[name][epoch, order] = values if name == "correct" else values.astype(np.float16)
+            stored = {"correct": bool, "margin": np.float32}.get(name, np.float16)  # the file's types
+            arrays[name][epoch, order] = values.astype(stored)
     for writer in writers:
         writer.close()
     arrays["seen"] = seen
@@ -149,6 +183,7 @@ def test_streaming_equals_array_core(tmp_path: Path) -> None:
         np.pad(arrays["p_target"], ((0, 0), (0, 1))),
         np.pad(arrays["p_other"], ((0, 0), (0, 1))),
         np.pad(arrays["el2n"], ((0, 0), (0, 1))),
+        margin=np.pad(arrays["margin"], ((0, 0), (0, 1))),
         seen=np.pad(arrays["seen"], ((0, 0), (0, 1))),
         el2n_epochs=3,
     )

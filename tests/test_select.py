@@ -95,11 +95,45 @@ def test_ccs_small_strata_first_in_select() -> None:
     assert [(picked == v).sum() for v in (0.0, 1.0, 2.0, 3.0)] == [1, 2, 5, 4]
 
 
-def test_ccs_uses_base_score_direction() -> None:
-    # el2n: high is hard, so the mis drop removes the highest el2n
+def test_ccs_drops_by_aum_and_stratifies_the_base_score() -> None:
+    # CCS's code drops its mislabelled fraction by AUM (lowest first) whatever score it stratifies:
+    # aum = index, so the two lowest (0, 1) go, even though el2n (= index) calls 8, 9 the hardest
     labels = np.zeros(10, dtype=np.int64)
-    chosen = select("ccs", labels=labels, scores=_scores(el2n=np.arange(10.0)), ipc=8, mis_ratio=0.2, ccs_score="el2n")
-    assert set(chosen.tolist()) == set(range(8))
+    scores = _scores(el2n=np.arange(10.0), aum=np.arange(10.0))
+    chosen = select("ccs", labels=labels, scores=scores, ipc=8, mis_ratio=0.2, ccs_score="el2n")
+    assert set(chosen.tolist()) == set(range(2, 10))
+
+
+def test_ccs_global_drop_and_strata_span_the_whole_set() -> None:
+    # class 0 holds the 4 lowest AUMs. Zheng et al. drop the hardest 20% of the WHOLE set (4 of
+    # 20): all from class 0, none from class 1. Per class, 20% of each class (2 + 2) would go.
+    labels = np.repeat([0, 1], 10)
+    aum = np.concatenate([np.arange(10.0), 10.0 + np.arange(10.0)])
+    scores = _scores(aum=aum)
+    for seed in range(5):
+        whole = select("ccs", labels=labels, scores=scores, ipc=6, mis_ratio=0.2, strata=1, seed=seed)
+        assert set(whole[:6].tolist()) == set(range(4, 10))  # class 0 keeps only its 6 easiest
+        per_class = select("ccs", labels=labels, scores=scores, ipc=6, mis_ratio=0.2, strata=1, seed=seed,
+                           ccs_scope="class")
+        assert not {10, 11} & set(per_class.tolist()) and not {0, 1} & set(per_class.tolist())
+    # a class is never cut below its IPC: with ratio .5 (10 of 20) class 0 loses only 4
+    floor = select("ccs", labels=labels, scores=scores, ipc=6, mis_ratio=0.5, strata=1)
+    assert set(floor[:6].tolist()) == set(range(4, 10))
+
+
+def test_ccs_global_strata_edges_come_from_the_whole_set() -> None:
+    # class 0's scores lie in [0, 1), class 1's in [10, 11]: 2 global strata over [0, 11] put all of
+    # class 0 in one stratum, so class 0's pick is uniform over it (may take any two); per class,
+    # 2 strata split class 0 into [0, .5) and [.5, 1): one from each.
+    labels = np.repeat([0, 1], 4)
+    aum = np.array([0.0, 0.1, 0.9, 1.0, 10.0, 10.2, 10.8, 11.0])
+    scores = _scores(aum=aum)
+    per_class_picks = {tuple(select("ccs", labels=labels, scores=scores, ipc=2, mis_ratio=0.0, strata=2, seed=s,
+                                    ccs_scope="class")[:2].tolist()) for s in range(20)}
+    assert all(len({0, 1} & set(p)) == 1 for p in per_class_picks)
+    global_picks = {tuple(select("ccs", labels=labels, scores=scores, ipc=2, mis_ratio=0.0, strata=2,
+                                 seed=s)[:2].tolist()) for s in range(20)}
+    assert (0, 1) in global_picks or (2, 3) in global_picks
 
 
 # -- monotonic rules, balance, order -------------------------------------------------------
@@ -109,9 +143,9 @@ EL2N = np.array([0.5, 0.1, 0.9, 0.8, 0.2, 0.3, 0.9, 0.4, 0.7, 0.6])
 
 def test_el2n_keeps_highest_reverse_keeps_lowest() -> None:
     scores = _scores(el2n=EL2N)
-    # class 0: samples 0 (.5), 2 (.9), 4 (.2), 6 (.9) -> hardest 2 then 6 (tie: lower index first)
+    # class 0: samples 0 (.5), 2 (.9), 4 (.2), 6 (.9) -> hardest 2 and 6 (a tie: order drawn)
     hard = select("el2n", labels=LABELS, scores=scores, ipc=2)
-    assert hard.tolist() == [2, 6, 3, 5, 8, 9]
+    assert sorted(hard[:2].tolist()) == [2, 6] and hard[2:].tolist() == [3, 5, 8, 9]
     easy = select("el2n", labels=LABELS, scores=scores, ipc=2, reverse=True)
     assert easy.tolist() == [4, 0, 1, 5, 7, 9]
 
@@ -140,7 +174,7 @@ def test_fraction_rounds_half_up_and_rejects_empty() -> None:
 def test_fraction_is_global_not_balanced() -> None:
     chosen = select("el2n", labels=LABELS, scores=_scores(el2n=EL2N), fraction=0.3)
     assert sorted(chosen.tolist()) == [2, 3, 6]  # .9, .9, .8: two of class 0
-    assert chosen.tolist() == [2, 6, 3]  # ordered by class, then rank
+    assert chosen[2] == 3  # ordered by class, then rank
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
@@ -152,6 +186,18 @@ def test_every_rule_is_class_balanced(rule: str) -> None:
     np.testing.assert_array_equal(np.bincount(labels[chosen]), [6] * 5)
     assert len(set(chosen.tolist())) == chosen.size
     assert np.all(np.diff(labels[chosen]) >= 0)
+
+
+def test_ties_are_broken_by_a_seeded_draw_not_by_index() -> None:
+    # 100 samples of one class, all tied (e.g. zero forgetting events): the pick is a seeded draw
+    labels = np.zeros(100, dtype=np.int64)
+    scores = _scores(forgetting=np.zeros(100))
+    picks = [select("forgetting", labels=labels, scores=scores, ipc=5, seed=seed) for seed in range(3)]
+    assert picks[0].tolist() != list(range(5)) and picks[0].tolist() != picks[1].tolist()
+    np.testing.assert_array_equal(picks[2], select("forgetting", labels=labels, scores=scores, ipc=5, seed=2))
+    # the draw only orders ties: a unique hardest sample is always first
+    scores.loc[57, "forgetting_rank_score"] = 3.0
+    assert select("forgetting", labels=labels, scores=scores, ipc=1, seed=1).tolist() == [57]
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -171,6 +217,8 @@ def test_errors_are_clear() -> None:
         select("random", labels=LABELS, scores=None, ipc=1, reverse=True)
     with pytest.raises(ConfigError, match="ccs_score"):
         select("ccs", labels=LABELS, scores=scores, ipc=1, ccs_score="random")
+    with pytest.raises(ConfigError, match="ccs_scope"):
+        select("ccs", labels=LABELS, scores=scores, ipc=1, ccs_scope="pool")
 
 
 def test_unrecorded_samples_raise() -> None:
@@ -199,16 +247,19 @@ def problems(draw: st.DrawFn) -> tuple[np.ndarray, pd.DataFrame, int]:
 
 
 @FAST
-@given(problems(), st.sampled_from(sorted(RULES)), st.integers(0, 2**16), st.booleans())
-def test_ipc_selection_properties(problem, rule: str, seed: int, reverse: bool) -> None:
+@given(problems(), st.sampled_from(sorted(RULES)), st.integers(0, 2**16), st.booleans(),
+       st.sampled_from(["global", "class"]))
+def test_ipc_selection_properties(problem, rule: str, seed: int, reverse: bool, scope: str) -> None:
     labels, scores, ipc = problem
     reverse = reverse and RULES[rule].reversible
-    chosen = select(rule, labels=labels, scores=scores, ipc=ipc, seed=seed, reverse=reverse, strata=3)
+    chosen = select(rule, labels=labels, scores=scores, ipc=ipc, seed=seed, reverse=reverse, strata=3,
+                    ccs_scope=scope)
     assert chosen.dtype == np.int64
     assert chosen.size == ipc * np.unique(labels).size
     assert np.unique(chosen).size == chosen.size
     assert np.all(np.bincount(labels[chosen]) == ipc)
-    again = select(rule, labels=labels, scores=scores, ipc=ipc, seed=seed, reverse=reverse, strata=3)
+    again = select(rule, labels=labels, scores=scores, ipc=ipc, seed=seed, reverse=reverse, strata=3,
+                   ccs_scope=scope)
     np.testing.assert_array_equal(chosen, again)
 
 

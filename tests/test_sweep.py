@@ -144,3 +144,26 @@ def test_asha_stops_poor_trials_early_and_records_all(ray_cluster, tmp_path, dat
     parents = {r.data.tags["mlflow.parentRunId"] for r in trials}
     search_run = cell_runs(tmp_path / "out", role="search")
     assert len(search_run) == 1 and parents == {search_run[0].info.run_id}
+
+
+def test_unknown_method_fails_before_any_cell_even_in_a_dry_run(tmp_path, data_root, capsys):
+    from orchestrator.cli import main
+
+    path = write_sweep(tmp_path, data_root, axes={"method": ["random", "nosuch"], "ipc": [2], "label_mode": ["hard"],
+                                                  "seed": [0]})
+    code = main(["sweep", "--config", str(path), "--dry-run"])
+    text = capsys.readouterr().err
+    assert code == 2 and "cell nosuch-ipc2-hard" in text and "unknown method 'nosuch'" in text
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_failed_cell_is_named_and_the_parent_run_is_not_left_running(ray_cluster, tmp_path, data_root):
+    path = write_sweep(tmp_path, data_root, axes={"method": ["random"], "ipc": [7000], "label_mode": ["hard"],
+                                                  "seed": [0]})
+    sweep = load_sweep(path)
+    results = run_sweep(sweep)
+    assert len(results) == 1 and results[0]["cell"].startswith("random-ipc7000-hard")
+    assert "IPC 7000" in results[0]["error"] and "Traceback" not in results[0]["error"]
+    [parent] = cell_runs(tmp_path / "out", role="sweep")
+    assert parent.info.status == "FAILED"

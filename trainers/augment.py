@@ -1,6 +1,6 @@
 """Train and eval views of uint8 image batches: pure functions run inside the data iterator's collate_fn.
 
-Owns the protocol's augmentation (PROTOCOL.md §1): RandomResizedCrop + horizontal flip +
+Owns the protocol's augmentation (docs/protocol.md §Evaluation protocol): RandomResizedCrop + horizontal flip +
 normalisation for training, resize + center crop + normalisation for validation. A training
 view depends only on (seed, epoch, sample key): each sample draws its crop and flip from
 ``np.random.default_rng([seed, epoch, key])``, never from batch position or order.

@@ -12,15 +12,23 @@ softmax:
     p_target  float16  softmax probability of the label
     p_other   float16  largest softmax probability among the other classes
     el2n      float16  || softmax(logits) - onehot(label) ||_2
+    margin    float32  logit margin z_label - max_{other} z (Pleiss et al. 2020's AUM margin)
 
 Layout: ``out_dir/rank-{rank:03d}/epoch-{epoch:04d}.parquet``, one file per (rank, epoch). Rows are
 buffered and flushed as parquet row groups every ``flush_rows`` rows, so the writer's memory is
 bounded by that buffer, independent of the epoch size and of the number of epochs. An epoch is
 written to a hidden ``.tmp`` file and renamed on ``end_epoch()``: a crashed epoch is never read.
+
+A finished run is sealed by ``write_manifest`` (``out_dir/manifest.json``: expected epochs, number
+of samples, rows and sha256 of every epoch file); ``verify_manifest`` checks all of it before any
+score is computed, so a truncated, missing or extra file is a clear ``DataError``, never a silent
+score over fewer epochs (docs/protocol.md §Teachers and caches).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import warnings
@@ -42,8 +50,11 @@ SCHEMA = pa.schema(
         ("p_target", pa.float16()),
         ("p_other", pa.float16()),
         ("el2n", pa.float16()),
+        ("margin", pa.float32()),
     ]
 )
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
 MAX_EPOCH = int(np.iinfo(np.int16).max)
 DEFAULT_FLUSH_ROWS = 65_536
 _RANK_DIR = re.compile(r"^rank-(\d+)$")
@@ -67,10 +78,10 @@ def _to_numpy(x: torch.Tensor | np.ndarray, dtype: type) -> np.ndarray:
 
 
 def sample_metrics(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """correct, p_target, p_other and el2n per row of ``logits`` [B, C] (float32 softmax).
+    """correct, p_target, p_other, el2n and the logit margin per row of ``logits`` [B, C].
 
-    Computed on the logits' device; only the four [B] vectors are copied to the host.
-    With a single class, p_other is 0.
+    Probabilities come from a float32 softmax. Computed on the logits' device; only the [B]
+    vectors are copied to the host. With a single class, p_other is 0 and the margin is z_label.
     """
     with torch.no_grad():
         x = torch.as_tensor(logits).detach().float()
@@ -89,11 +100,15 @@ def sample_metrics(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.
         others = probs.clone()
         others[rows, y] = -1.0
         p_other = others.max(dim=1).values.clamp_min(0.0)
+        other_logits = x.clone()
+        other_logits[rows, y] = float("-inf")
+        best_other = other_logits.max(dim=1).values if x.shape[1] > 1 else torch.zeros_like(p_target)
         metrics = {
             "correct": x.argmax(dim=1) == y,
             "p_target": p_target,
             "p_other": p_other,
             "el2n": residual.norm(dim=1),
+            "margin": x[rows, y] - best_other,
         }
         return {name: value.cpu().numpy() for name, value in metrics.items()}
 
@@ -224,6 +239,7 @@ def _record_batch(epoch: int, index: np.ndarray, metrics: dict[str, np.ndarray])
         pa.array(metrics["p_target"].astype(np.float16)),
         pa.array(metrics["p_other"].astype(np.float16)),
         pa.array(metrics["el2n"].astype(np.float16)),
+        pa.array(metrics["margin"].astype(np.float32)),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
@@ -250,12 +266,104 @@ def read_epochs(dyn_dir: Path) -> list[int]:
     return sorted(common)
 
 
-def iter_epoch_tables(dyn_dir: Path) -> Iterator[tuple[int, pa.Table]]:
+def iter_epoch_tables(dyn_dir: Path, epochs: list[int] | None = None) -> Iterator[tuple[int, pa.Table]]:
     """Yield ``(epoch, table)`` in epoch order, each table the concatenation of all ranks' rows.
 
+    ``epochs``: the epochs to read (a verified manifest's); default: those complete on every rank.
     Only one epoch is in memory at a time.
     """
     dirs = _rank_dirs(dyn_dir)
-    for epoch in read_epochs(dyn_dir):
-        tables = [pq.read_table(d / f"epoch-{epoch:04d}.parquet", schema=SCHEMA) for d in dirs]
+    for epoch in read_epochs(dyn_dir) if epochs is None else epochs:
+        tables = [_read_epoch_file(d / f"epoch-{epoch:04d}.parquet") for d in dirs]
         yield epoch, pa.concat_tables(tables)
+
+
+def _read_epoch_file(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=SCHEMA)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"training-dynamics file {path} is unreadable ({exc}): {RERECORD_HINT}") from exc
+
+
+# -- manifest ----------------------------------------------------------------------------------
+RERECORD_HINT = ("record the dynamics again with `python -m orchestrator teacher --force --config <protocol>` "
+                 "(same data, teacher.* and output_dir)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _epoch_files(dyn_dir: Path) -> list[Path]:
+    return sorted(Path(dyn_dir).glob("rank-*/epoch-*.parquet"))
+
+
+def write_manifest(dyn_dir: Path, *, epochs: int, num_samples: int, key: str) -> dict:
+    """Seal a finished run's dynamics: every epoch 0..epochs-1 on every rank, rows and sha256 per file.
+
+    Raises DataError when an expected epoch is missing. ``num_samples`` (the full set's size) is
+    recorded; a sample missing from some epochs is scored over the epochs it appears in.
+    """
+    dyn_dir = Path(dyn_dir)
+    found = read_epochs(dyn_dir) if dyn_dir.is_dir() else []
+    missing = sorted(set(range(epochs)) - set(found))
+    if missing:
+        raise DataError(f"training dynamics at {dyn_dir} lack epochs {missing[:10]} of {epochs}: {RERECORD_HINT}")
+    files = {}
+    for path in _epoch_files(dyn_dir):
+        epoch = int(_EPOCH_FILE.match(path.name).group(1))
+        files[path.relative_to(dyn_dir).as_posix()] = {
+            "epoch": epoch, "rows": pq.ParquetFile(path).metadata.num_rows, "sha256": _sha256(path)}
+    manifest = {"version": MANIFEST_VERSION, "key": key, "epochs": epochs, "num_samples": num_samples,
+                "files": files}
+    tmp = dyn_dir / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, dyn_dir / MANIFEST_FILE)
+    return manifest
+
+
+def read_manifest(dyn_dir: Path) -> dict | None:
+    """The run's manifest, or None when the run was never sealed (or the file is unreadable)."""
+    try:
+        manifest = json.loads((Path(dyn_dir) / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("version") == MANIFEST_VERSION else None
+
+
+def verify_manifest(dyn_dir: Path, *, epochs: int, key: str) -> dict:
+    """The manifest, once every file it lists is present with its sha256, and nothing else is.
+
+    ``epochs`` and ``key`` are what the config expects (the key covers the training set, hence its
+    size); any difference, a changed, missing or extra epoch file is a DataError naming the file
+    and the fix.
+    """
+    dyn_dir = Path(dyn_dir)
+    manifest = read_manifest(dyn_dir)
+    if manifest is None:
+        raise DataError(f"training dynamics at {dyn_dir} have no valid {MANIFEST_FILE} (the run never finished "
+                        f"or predates manifests): {RERECORD_HINT}")
+    wanted = {"key": key, "epochs": epochs}
+    wrong = {name: (manifest.get(name), value) for name, value in wanted.items() if manifest.get(name) != value}
+    if wrong:
+        details = ", ".join(f"{name} is {have}, the config needs {need}" for name, (have, need) in wrong.items())
+        raise DataError(f"training dynamics at {dyn_dir} were recorded with other settings ({details}): {RERECORD_HINT}")
+    listed = manifest["files"]
+    on_disk = {path.relative_to(dyn_dir).as_posix() for path in _epoch_files(dyn_dir)}
+    for name in sorted(set(listed) | on_disk):
+        _check_listed_file(dyn_dir / name, listed.get(name))
+    return manifest
+
+
+def _check_listed_file(path: Path, entry: dict | None) -> None:
+    if entry is None:
+        raise DataError(f"training-dynamics file {path} is not in the run's {MANIFEST_FILE}: {RERECORD_HINT}")
+    if not path.is_file():
+        raise DataError(f"training-dynamics file {path} is missing (epoch {entry['epoch']}): {RERECORD_HINT}")
+    if _sha256(path) != entry["sha256"]:
+        raise DataError(f"training-dynamics file {path} changed since the run finished (sha256 differs: "
+                        f"truncated or overwritten): {RERECORD_HINT}")

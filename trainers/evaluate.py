@@ -1,7 +1,7 @@
 """Validation metrics: per-class top-1 / top-5 counts that can be summed across DDP ranks.
 
 Owns ``Accuracy`` (an int64 [3, num_classes] count tensor: samples, top-1 hits, top-5 hits
-per true class), ``Accuracy.summarize`` (percentages, per-class top-1 kept, PROTOCOL.md §6)
+per true class), ``Accuracy.summarize`` (percentages, per-class top-1 kept, docs/protocol.md §Deviations)
 and ``evaluate`` (one pass of a model over labelled batches, with mean cross-entropy).
 """
 

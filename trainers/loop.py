@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -25,7 +26,7 @@ import trainers.models  # noqa: F401  (registers convnet3 / resnet18_small in ti
 from orchestrator.config import Config, config_from_dict
 from orchestrator.data.pipeline import val_batches
 from trainers.batches import MemoryBatches, augment_settings, stream_steps
-from trainers.evaluate import Accuracy
+from trainers.evaluate import evaluate
 from trainers.losses import compute_loss
 from trainers.mix import build_mixup, mix_batch
 from trainers.models import create_student, load_teacher
@@ -46,9 +47,10 @@ class History:
     best_per_class: list = field(default_factory=list)
     last_eval: dict = field(default_factory=dict)
     train_seconds: float = 0.0
-    images_seen: int = 0
     optimizer_steps: int = 0  # cumulative, global (one step = one global batch)
     samples_seen: int = 0  # cumulative views trained on, all ranks together
+    wall_seconds: float = 0.0  # the loop's wall time up to this checkpoint, over every attempt
+    prior_wall_seconds: float = 0.0  # wall time of earlier attempts, up to the checkpoint resumed from
 
 
 def seed_everything(seed: int, epoch: int, rank: int) -> None:
@@ -64,7 +66,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     config = config_from_dict(loop_config["config"])
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # keep the progress line readable
+    quiet_ray_train_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -87,8 +89,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     dynamics = open_dynamics(loop_config, rank)
 
     epoch_steps = training_steps(loop_config, config, rank, world)
-    val_shard = ray.train.get_dataset_shard("val")
+    val_source = validation_batches(loop_config, config)
     epochs = config.schedule.epochs
+    attempt_start = time.perf_counter()
     for epoch in range(history.epochs_done, epochs):
         seed_everything(config.seed, epoch, rank)
         start = time.perf_counter()
@@ -97,15 +100,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         loss, seen, step_count = train_one_epoch(config, model, teacher, mixup, optimizer, steps, epoch,
                                                  device, dynamics)
         samples = samples if samples is not None else seen * world
+        if not math.isfinite(loss):
+            logger.fail(f"diverged: training loss {loss} at epoch {epoch + 1}")
+            raise FloatingPointError(f"cell {logger.label} diverged: training loss is {loss} at epoch "
+                                     f"{epoch + 1}. Fix: lower optim.lr (now {config.optim.lr}) or check the data")
         scheduler.step()
         elapsed = time.perf_counter() - start
         history.train_seconds += elapsed
-        history.images_seen += samples
         history.optimizer_steps += step_count
         history.samples_seen += samples
         history.epochs_done = epoch + 1
+        history.wall_seconds = history.prior_wall_seconds + time.perf_counter() - attempt_start
         eval_start = time.perf_counter()
-        evaluation = maybe_evaluate(config, model, val_shard, epoch, num_classes, device, rank, history)
+        evaluation = maybe_evaluate(config, model, val_source, epoch, num_classes, device, rank, history)
         metrics = {"train/loss": loss, "train/lr": lr, "train/epoch_s": elapsed,
                    "train/images_per_s": samples / max(elapsed, 1e-9),
                    "train/optimizer_steps": history.optimizer_steps, "train/samples_seen": history.samples_seen}
@@ -119,6 +126,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report(config, epoch, reported, history, model, optimizer, scheduler, rank)
     if dynamics is not None:
         dynamics.close()
+
+
+def quiet_ray_train_logs() -> None:
+    """Keep the console to one progress line per epoch: Ray Train logs every report (metrics and
+    checkpoint path) at INFO under a logger named after its module file; those records are dropped."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
 def build_training_state(config: Config, num_classes: int, device, checkpoint):
@@ -209,24 +225,29 @@ def tile_views(config: Config) -> str:
     return config.prune.pca_views
 
 
-def maybe_evaluate(config: Config, model, val_shard, epoch: int, num_classes: int, device, rank: int,
+def validation_batches(loop_config: dict, config: Config):
+    """() -> iterable of (images, labels): the transformed validation set, from memory when the
+    driver put it in the object store, else from this worker's Ray Data shard."""
+    import ray
+    import ray.train
+
+    size = config.eval.batch_size
+    arrays_ref = loop_config.get("val_arrays")
+    if arrays_ref is None:
+        shard = ray.train.get_dataset_shard("val")
+        return lambda: ((b["image"], b["label"]) for b in val_batches(shard, batch_size=size))
+    arrays = ray.get(arrays_ref)
+    images, labels = torch.from_numpy(np.array(arrays["image"])), torch.from_numpy(np.array(arrays["label"]))
+    return lambda: ((images[i:i + size], labels[i:i + size]) for i in range(0, len(labels), size))
+
+
+def maybe_evaluate(config: Config, model, batches, epoch: int, num_classes: int, device, rank: int,
                    history: History) -> dict:
     """Rank 0 evaluates the whole validation set every `eval.every` epochs and after the last."""
     last = epoch + 1 == config.schedule.epochs
     if rank != 0 or not (last or (epoch + 1) % config.eval.every == 0):
         return {}
-    model.eval()
-    accuracy = Accuracy(num_classes)
-    loss_sum, count = 0.0, 0
-    with torch.no_grad():
-        for batch in val_batches(val_shard, batch_size=config.eval.batch_size):
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            logits = model(images)
-            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            count += len(labels)
-            accuracy.update(logits, labels)
-    summary = Accuracy.summarize(accuracy.counts)
-    summary["loss"] = loss_sum / max(count, 1)
+    summary = evaluate(model, batches(), num_classes=num_classes, device=device)
     summary["epoch"] = epoch
     history.last_eval = summary
     if summary["top1"] > history.best_top1:
@@ -268,7 +289,8 @@ def summarize(history: History) -> dict:
             "best_epoch": history.best_epoch, "per_class_final": last.get("per_class_top1"),
             "per_class_best": history.best_per_class, "epochs_done": history.epochs_done,
             "train_seconds": history.train_seconds,
-            "images_per_s": history.images_seen / max(history.train_seconds, 1e-9)}
+            "images_per_s": history.samples_seen / max(history.train_seconds, 1e-9),
+            "optimizer_steps": history.optimizer_steps, "prior_wall_seconds": history.prior_wall_seconds}
 
 
 def restore(checkpoint, model, optimizer, scheduler) -> History:
@@ -281,6 +303,7 @@ def restore(checkpoint, model, optimizer, scheduler) -> History:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     history = History(**state["history"])
+    history.prior_wall_seconds = history.wall_seconds
     console(f"resuming from checkpoint after epoch {history.epochs_done}")
     return history
 
@@ -305,11 +328,27 @@ class MetricLogger:
             from mlflow import MlflowClient
 
             self.client = MlflowClient(loop_config["mlflow_uri"])
+        self.logged_through = self.last_logged_epoch()
+
+    def last_logged_epoch(self) -> int:
+        """The last epoch an earlier attempt of this run logged (-1 if none).
+
+        A resumed cell retrains the epochs after its checkpoint with the same seeds, so the same
+        figures; they are not logged a second time, and the run reads as one.
+        """
+        if self.client is None:
+            return -1
+        history = self.client.get_metric_history(self.run_id, "train/loss")
+        return max((m.step for m in history), default=-1)
+
+    def fail(self, reason: str) -> None:
+        if self.enabled and self.client is not None:
+            self.client.set_tag(self.run_id, "failure", reason)
 
     def log(self, epoch: int, metrics: dict, history: History, epochs: int) -> None:
         if not self.enabled:
             return
-        if self.client is not None:
+        if self.client is not None and epoch > self.logged_through:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)

@@ -1,4 +1,4 @@
-"""Training losses of the evaluation protocol (PROTOCOL.md §1): soft-label KD and hard-label CE.
+"""Training losses of the evaluation protocol (docs/protocol.md §Evaluation protocol): soft-label KD and hard-label CE.
 
 Owns ``kd_loss`` (teacher distillation), ``hard_loss`` (cross-entropy on index or mixed
 one-hot targets) and ``compute_loss``, which picks one of them from the label mode.

@@ -10,6 +10,7 @@ Importing this module is enough for ``timm.create_model('convnet3', ...)`` to wo
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -244,8 +245,13 @@ def save_teacher(
     """Write {"model_name", "model_kwargs", "state_dict", "meta"} to ``path`` (atomically).
 
     model_name / model_kwargs default to what create_student recorded on the model.
-    ``meta`` must hold plain Python values (it is read back with ``weights_only=True``).
+    ``meta`` must hold plain JSON values: the file holds only tensors and such values, so it is read
+    back with ``weights_only=True`` (no pickled code).
     """
+    try:
+        meta = json.loads(json.dumps(dict(meta)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"save_teacher: meta must hold plain JSON values (strings, numbers, lists, dicts): {exc}") from exc
     model = unwrap_model(model)
     if model_name is None or model_kwargs is None:
         spec = _model_spec(model)

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the evaluation protocol (PROTOCOL.md §1).
+"""Optimizer and learning-rate schedule of the evaluation protocol (docs/protocol.md §Evaluation protocol).
 
 Owns ``build_optimizer`` (AdamW or SGD+momentum via timm, no weight decay on biases and norm
 layers) and the per-epoch cosine schedule ``0.5 * (1 + cos(pi * epoch / epochs))``.

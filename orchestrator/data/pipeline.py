@@ -31,7 +31,7 @@ def open_image(cell, mode: str) -> Image.Image:
 
 
 def as_hwc(image: Image.Image) -> np.ndarray:
-    array = np.asarray(image, dtype=np.uint8)
+    array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on PIL's read-only view
     return array[:, :, None] if array.ndim == 2 else array
 
 
@@ -90,9 +90,16 @@ def maybe_materialize(dataset, decoded_bytes: int):
     return dataset.materialize() if decoded_bytes <= MATERIALIZE_LIMIT_BYTES else dataset
 
 
-def fits_in_memory(num_rows: int, *, image_size: int, mode: str) -> bool:
-    """True when the decoded training set is small enough to hold whole (uint8) on every node."""
-    return num_rows * image_size * image_size * (1 if mode == "L" else 3) <= MATERIALIZE_LIMIT_BYTES
+def fits_in_memory(num_rows: int, *, image_size: int, mode: str, bytes_per_value: int = 1) -> bool:
+    """True when a decoded split (uint8, or float32 with bytes_per_value=4) is small enough to hold whole."""
+    channels = 1 if mode == "L" else 3
+    return num_rows * image_size * image_size * channels * bytes_per_value <= MATERIALIZE_LIMIT_BYTES
+
+
+def collect_arrays(dataset, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """A decoded split as numpy arrays, one per column, in the dataset's (preserved) order."""
+    parts = list(dataset.iter_batches(batch_size=4096, batch_format="numpy"))
+    return {name: np.concatenate([part[name] for part in parts]) for name in columns}
 
 
 def decoded_arrays(dataset) -> dict[str, np.ndarray]:
@@ -101,8 +108,7 @@ def decoded_arrays(dataset) -> dict[str, np.ndarray]:
     Small compressed sets are handed to the workers whole (through the object store), so every
     rank can draw its part of one uniform shuffle of the whole set (trainers.batches).
     """
-    parts = list(dataset.iter_batches(batch_size=4096, batch_format="numpy"))
-    arrays = {name: np.concatenate([part[name] for part in parts]) for name in ("image", "label", "key")}
+    arrays = collect_arrays(dataset, ("image", "label", "key"))
     order = np.argsort(arrays["key"], kind="stable")
     return {name: np.ascontiguousarray(value[order]) for name, value in arrays.items()}
 

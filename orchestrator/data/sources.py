@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from datasets.table import InMemoryTable
 from PIL import Image
 
+from orchestrator.config import Config, DataConfig
 from orchestrator.data.prepare import DATASET_INFO_FILE, REGISTERED, resolve_registered
 from orchestrator.data.select import BENCHMARK_FEATURES, arrow_column, class_id_array
 from orchestrator.errors import DataError
@@ -34,6 +35,8 @@ IMAGE_COLUMN_NAMES = ("image", "img")
 LABEL_COLUMN_NAMES = ("class_id", "label", "labels")
 HUB_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHOWN = 5  # how many offending paths or ids an error message lists
+# The keys that choose a split: a source is read with one of them, and its error names both.
+SPLIT_FIX = "set data.val_split (for data.val) or data.train_split (for data.train) to one of those"
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ def _load_parquet_dir(folder: Path, split: str) -> tuple[datasets.Dataset, list[
     if not files:
         raise DataError(
             f"no parquet files for split '{split}' in {folder} (available splits: "
-            f"{_available_parquet_splits(folder)}): pass one of those splits, or name the files "
+            f"{_available_parquet_splits(folder)}): {SPLIT_FIX}, or name the files "
             f"'{split}.parquet' or 'data/{split}-*.parquet'"
         )
     origin = f"{folder} (split '{split}')"
@@ -237,8 +240,7 @@ def _load_saved(folder: Path, split: str) -> tuple[datasets.Dataset, list[str] |
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise DataError(
-                f"{folder} has no split '{split}' (available splits: {sorted(loaded)}): "
-                f"pass one of those splits"
+                f"{folder} has no split '{split}' (available splits: {sorted(loaded)}): {SPLIT_FIX}"
             )
         loaded = loaded[split]
     origin = f"{folder} (split '{split}')"
@@ -352,7 +354,7 @@ def _split_subfolder(root: Path, split: str) -> Path:
     if not subdirs or not set(subdirs) <= SPLIT_FOLDER_NAMES:
         return root
     if split not in subdirs:
-        raise DataError(f"{root} has no split folder '{split}' (available: {sorted(subdirs)}): pass one of those splits")
+        raise DataError(f"{root} has no split folder '{split}' (available: {sorted(subdirs)}): {SPLIT_FIX}")
     return root / split
 
 
@@ -364,7 +366,7 @@ def _load_registered(name: str, split: str, data_root: Path, image_size: int, mo
     if split not in entry.splits:
         raise DataError(
             f"registered dataset '{name}' has no split '{split}' (splits: {list(entry.splits)}): "
-            f"pass one of those (its validation split is '{entry.splits[-1]}')"
+            f"{SPLIT_FIX} (its validation split is '{entry.splits[-1]}')"
         )
     folder = resolve_registered(name, Path(data_root), image_size, mode)
     origin = f"{name} (split '{split}')"
@@ -507,6 +509,17 @@ def check_images(ds: datasets.Dataset, *, limit: int | None = None) -> None:
 def _describe_ids(ids: list[int], names: list[str] | None) -> str:
     labelled = [f"{i} ('{names[i]}')" if names and 0 <= i < len(names) else str(i) for i in ids]
     return f"[{_shown(labelled, 10)}]"
+
+
+def normalisation_warning(config: Config) -> str | None:
+    """A note when a set other than Fashion-MNIST is normalised with its mean/std (the built-in default)."""
+    data, default = config.data, DataConfig()
+    uses_default = (tuple(data.mean), tuple(data.std)) == (default.mean, default.std)
+    if not uses_default or (data.train in REGISTERED and not data.source_template):
+        return None
+    return (f"warning: data.train {data.source_template or data.train} is normalised with Fashion-MNIST's "
+            f"mean {list(data.mean)} and std {list(data.std)} (the defaults): set data.mean and data.std "
+            f"to that set's per-channel values")
 
 
 def check_class_sets(train: Source, val: Source) -> list[str] | None:
