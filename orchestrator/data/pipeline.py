@@ -82,12 +82,8 @@ def val_dataset(path: Path, *, mode: str, num_rows: int, resize: int, crop: int,
     """Validation set, decoded and transformed once (resize, center crop, normalise)."""
     fn = partial(decode_val_batch, mode=mode, resize=resize, crop=crop, mean=tuple(mean), std=tuple(std))
     dataset = read_split(path).map_batches(fn, batch_size=batch_rows, batch_format="numpy", num_cpus=DATA_TASK_CPUS)
-    channels = 1 if mode == "L" else 3
-    return maybe_materialize(dataset, num_rows * crop * crop * channels * 4)
-
-
-def maybe_materialize(dataset, decoded_bytes: int):
-    return dataset.materialize() if decoded_bytes <= MATERIALIZE_LIMIT_BYTES else dataset
+    small = fits_in_memory(num_rows, image_size=crop, mode=mode, bytes_per_value=4)
+    return dataset.materialize() if small else dataset
 
 
 def fits_in_memory(num_rows: int, *, image_size: int, mode: str, bytes_per_value: int = 1) -> bool:
