@@ -5,12 +5,23 @@ Speed and memory targets live here, never in timed tests. Each benchmark is one 
 
     augment          train_views (the per-sample seeded augmentation) on Fashion-MNIST, 1 thread
     pipeline         Ray Data: read_parquet + decode (train_dataset) + one epoch of train_batches
-    train_step       student forward + backward + AdamW step, per model and torch thread count
+    train_step       ConvNet-3's bare step (batch 128, 28 px, all CPUs) per StepVariant (fp32 eager,
+                     channels_last, torch.compile, bf16 autocast); the fastest is the reference
+    eval             the 10,000 test images through trainers.evaluate.evaluate, inference mode, all
+                     CPUs, fp32 vs bf16: images/s and top-1 difference on a briefly trained model
     dynamics_memory  DynamicsWriter peak traced memory for E epochs (flat in E) and bytes on disk
-    cell             one real tiny cell through run_cell: the orchestration overhead
+    cell             one real tiny cell through run_cell (the orchestration overhead), then the
+                     same epochs as a bare PyTorch loop (the reference of its images/s)
+    predict          wall time of configs/sweeps/fashion-mnist-benchmark.yaml on this machine from
+                     this run's cell and eval figures (needs both in the same run)
 
-Results are printed as a table and written as JSON together with the machine facts. Nothing is
-logged to MLflow (the `cell` benchmark's MLflow store lives in a temporary directory).
+Results are printed as a table, then every ratio of RATIOS as "figure / its reference" (both
+measured in this run), and written as JSON:
+    {"timestamp", "quick", "machine": {...}, "results": {benchmark: {"seconds", "figures", "error"?}},
+     "figures": {"<benchmark>.<figure>": {"value", "unit"}, ..., "ratios.<name>": {"value", "unit"}}}
+"figures" is flat: its keys are dotted names at its top level, e.g. "cell.overhead_s",
+"eval.images_per_s", "ratios.cell_step_vs_fastest", "ratios.ray_vs_bare_loop".
+Nothing is logged to MLflow (the `cell` benchmark's MLflow store lives in a temporary directory).
 """
 
 from __future__ import annotations
@@ -34,8 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "configs" / "fmnist-hard.yaml"
-TRAIN_STEP_MODELS = ("convnet3", "convnet3_w32", "resnet18_small")
-TRAIN_STEP_THREADS = (1, 2)
+BENCHMARK_SWEEP = REPO / "configs" / "sweeps" / "fashion-mnist-benchmark.yaml"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class BenchContext:
     output_dir: Path = Path("outputs")
     address: str | None = None
     ray_started: bool = field(default=False, init=False)
+    figures: dict[str, Figure] = field(default_factory=dict, init=False)  # "<benchmark>.<figure>" so far
 
     @property
     def data_root(self) -> Path:
@@ -209,46 +220,220 @@ def bench_pipeline(ctx: BenchContext) -> dict[str, Figure]:
     }
 
 
-def bench_train_step(ctx: BenchContext, *, models: tuple[str, ...] = TRAIN_STEP_MODELS,
-                     threads: tuple[int, ...] = TRAIN_STEP_THREADS, batch: int = 128,
-                     min_seconds: float | None = None) -> dict[str, Figure]:
-    """Student forward + backward + AdamW step images/s at 28x28, per model and thread count."""
+@dataclass(frozen=True)
+class StepVariant:
+    """One way to run the training step (trainers/precision.py's switches)."""
+
+    name: str
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+
+STEP_VARIANTS = (StepVariant("fp32"), StepVariant("fp32_cl", channels_last=True),
+                 StepVariant("fp32_compile", compile=True), StepVariant("bf16", "bf16"),
+                 StepVariant("bf16_cl", "bf16", channels_last=True),
+                 StepVariant("bf16_cl_compile", "bf16", channels_last=True, compile=True))
+SLOW_FACTOR = 4.0  # a variant whose first timed step is this much slower than fp32's is not timed further
+
+
+def step_variants(quick: bool, device: str = "cpu") -> tuple[StepVariant, ...]:
+    """All variants, less (in --quick) compiled ones (minutes of compiling on 2 cores) and bf16 ones
+    where the device has no native bf16 (emulated kernels run at a few % of fp32)."""
+    from trainers.precision import native_bf16
+
+    if not quick:
+        return STEP_VARIANTS
+    return tuple(v for v in STEP_VARIANTS if not v.compile and (v.precision == "fp32" or native_bf16(device)))
+
+
+def all_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def time_steps(step: Callable[[], None], *, budget: float, cutoff: float | None) -> tuple[float, int, bool]:
+    """(seconds, steps, cut) after one untimed warm-up step (compiling, allocator, optimizer state);
+    stops after the first timed step when that step took longer than `cutoff` seconds."""
+    step()
+    steps, started = 0, time.perf_counter()
+    while steps < 2 or time.perf_counter() - started < budget:
+        step()
+        steps += 1
+        if steps == 1 and cutoff is not None and time.perf_counter() - started > cutoff:
+            return time.perf_counter() - started, steps, True
+    return time.perf_counter() - started, steps, False
+
+
+def variant_step(variant: StepVariant, config, *, model: str, images, labels) -> tuple[Callable[[], None], int]:
+    """(one training step of a fresh student run the variant's way, the student's parameter count)."""
     import torch
 
     from trainers.models import create_student
     from trainers.optim import build_optimizer
+    from trainers.precision import autocast, prepare_model, to_device_batch
+
+    torch.manual_seed(0)
+    net = create_student(model, num_classes=10, in_chans=config.in_chans, img_size=config.model.input_size)
+    optimizer = build_optimizer(net.train(), name=config.optim.name, lr=config.optim.lr,
+                                weight_decay=config.optim.weight_decay)
+    net = prepare_model(net, channels_last=variant.channels_last, compile=variant.compile)
+    batch_images = to_device_batch(images, "cpu", variant.channels_last)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast("cpu", variant.precision):
+            loss = torch.nn.functional.cross_entropy(net(batch_images), labels)
+        loss.backward()
+        optimizer.step()
+
+    return step, sum(p.numel() for p in net.parameters())
+
+
+def bench_train_step(ctx: BenchContext, *, model: str = "convnet3", threads: int | None = None,
+                     batch: int = 128, variants: tuple[StepVariant, ...] | None = None,
+                     min_seconds: float | None = None) -> dict[str, Figure]:
+    """The bare step (forward + backward + AdamW) per StepVariant at 28x28 on all CPUs; the fastest
+    variant that ran is the reference of every other (`<variant>_vs_fastest`) and of the cell's step.
+
+    The first variant is the baseline: a later one whose first timed step is SLOW_FACTOR x slower
+    is reported from that step; a compiled variant runs only where its eager twin was not that slow.
+    """
+    import torch
 
     config = protocol_config()
     budget = min_seconds if min_seconds is not None else (0.5 if ctx.quick else 3.0)
+    threads = threads or all_cpus()
     size = config.model.input_size
-    figures: dict[str, Figure] = {}
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, config.in_chans, size, size, generator=generator)
     labels = torch.randint(0, 10, (batch,), generator=generator)
-    for name in models:
-        for count in threads:
-            torch.manual_seed(0)
-            model = create_student(name, num_classes=10, in_chans=config.in_chans, img_size=size)
-            model.train()
-            optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
-                                        weight_decay=config.optim.weight_decay)
+    figures: dict[str, Figure] = {"threads": Figure(threads, "threads")}
+    rates: dict[str, float] = {}
+    slow: set[str] = set()
+    baseline_step: float | None = None
+    for variant in variants or step_variants(ctx.quick):
+        if variant.compile and variant.name.removesuffix("_compile") in slow:
+            continue
+        step, params = variant_step(variant, config, model=model, images=images, labels=labels)
+        with torch_threads(threads):
+            started = time.perf_counter()
+            cutoff = None if baseline_step is None else SLOW_FACTOR * baseline_step
+            seconds, steps, cut = time_steps(step, budget=budget, cutoff=cutoff)
+        if variant.compile:
+            figures[f"{variant.name}_warm_up_s"] = Figure(time.perf_counter() - started - seconds, "s")
+        baseline_step = baseline_step or seconds / steps
+        slow.update([variant.name] if cut else [])
+        rates[variant.name] = rate(steps * batch, seconds)
+        figures[f"{variant.name}_images_per_s"] = Figure(rates[variant.name], "images/s")
+    fastest = max(rates, key=rates.get)
+    print(f"[bench] fastest bare step: {fastest} {rates[fastest]:,.0f} images/s at {threads} threads"
+          + (f"; cut after one step: {sorted(slow)}" if slow else ""), flush=True)
+    figures["fastest_images_per_s"] = Figure(rates[fastest], "images/s")
+    figures.update({f"{name}_vs_fastest": Figure(value / rates[fastest], "x") for name, value in rates.items()})
+    figures["params"] = Figure(params / 1e6, "M")
+    return figures
 
-            def step() -> None:
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(model(images), labels)
-                loss.backward()
-                optimizer.step()
 
-            with torch_threads(count):
-                step()  # warm-up: allocator, optimizer state
-                steps, started = 0, time.perf_counter()
-                while steps < 2 or time.perf_counter() - started < budget:
-                    step()
-                    steps += 1
-                seconds = time.perf_counter() - started
-            figures[f"{name}_t{count}_images_per_s"] = Figure(rate(steps * batch, seconds), "images/s")
-            figures[f"{name}_t{count}_ms_per_step"] = Figure(1e3 * seconds / steps, "ms")
-        figures[f"{name}_params"] = Figure(sum(p.numel() for p in model.parameters()) / 1e6, "M")
+def eval_pass(model, images, labels, *, precision: str, batch: int, limit_s: float | None = None
+              ) -> tuple[dict, float]:
+    """trainers.evaluate.evaluate over the first images in inference mode: (summary, seconds); with
+    `limit_s` it stops after the batch that crosses it."""
+    import torch
+
+    from trainers.evaluate import evaluate
+    from trainers.precision import autocast
+
+    started = time.perf_counter()
+
+    def batches():
+        for start in range(0, len(labels), batch):
+            yield images[start:start + batch], labels[start:start + batch]
+            if limit_s is not None and time.perf_counter() - started > limit_s:
+                return
+
+    with torch.inference_mode(), autocast("cpu", precision):
+        summary = evaluate(model, batches(), num_classes=10, device="cpu")
+    return summary, time.perf_counter() - started
+
+
+def briefly_trained_convnet(config, steps: int):
+    """ConvNet-3 after `steps` AdamW steps (batch 128) on Fashion-MNIST training images: a model
+    whose top-1 (~70 %) can move when the precision changes."""
+    import torch
+
+    from trainers.augment import eval_views
+    from trainers.models import create_student
+    from trainers.optim import build_optimizer
+
+    pixels, labels = fashion_mnist_train(128 * steps)
+    views = eval_views(pixels, resize=28, crop=28, mean=config.data.mean, std=config.data.std)
+    targets = torch.from_numpy(labels)
+    torch.manual_seed(0)
+    model = create_student(config.model.name, num_classes=10, in_chans=config.in_chans, img_size=28).train()
+    optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
+                                weight_decay=config.optim.weight_decay)
+    for start in range(0, len(targets), 128):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(views[start:start + 128]), targets[start:start + 128]).backward()
+        optimizer.step()
+    return model.eval()
+
+
+TOP1_TOLERANCE_PT = 0.1  # a precision serves evaluation only if its top-1 is within this of fp32's
+
+
+def bench_eval(ctx: BenchContext, *, images: int | None = None, train_steps: int | None = None,
+               precisions: tuple[str, ...] | None = None) -> dict[str, Figure]:
+    """Evaluation of the Fashion-MNIST test images (trainers.evaluate.evaluate, inference mode, all
+    CPUs) per precision, on a briefly trained ConvNet-3 (--quick: the first 2,000 images, 5 steps):
+    images/s, top-1, and each precision's top-1 minus fp32's on the same images. `images_per_s` is
+    the fastest precision within 0.1 pt of fp32.
+
+    A precision SLOW_FACTOR x slower than fp32 on its first batch is measured on that batch only
+    (bf16 on a CPU without native bf16); its top-1 difference is then over those images. --quick
+    skips bf16 where it is not native.
+    """
+    import torch
+
+    from orchestrator.data.prepare import FASHION_MNIST_RAW, load_fashion_mnist_split
+    from trainers.augment import eval_views
+    from trainers.precision import native_bf16
+
+    if precisions is None:
+        precisions = ("fp32", "bf16") if not ctx.quick or native_bf16("cpu") else ("fp32",)
+    config = protocol_config()
+    raw, labels = load_fashion_mnist_split(FASHION_MNIST_RAW, "test")
+    images = images or (2_000 if ctx.quick else len(labels))
+    views = eval_views(np.array(raw[:images]), resize=config.eval.resize, crop=config.eval.crop,
+                       mean=config.data.mean, std=config.data.std)
+    targets = torch.from_numpy(labels[:images])
+    batch, threads = config.eval.batch_size, all_cpus()
+    with torch_threads(threads):
+        model = briefly_trained_convnet(config, train_steps or (5 if ctx.quick else 40))
+        eval_pass(model, views[:batch], targets[:batch], precision="fp32", batch=batch)  # warm-up
+        reference, fp32_s = eval_pass(model, views, targets, precision="fp32", batch=batch)
+        figures = {"images": Figure(len(targets), "images"), "threads": Figure(threads, "threads"),
+                   "fp32_images_per_s": Figure(rate(len(targets), fp32_s), "images/s"),
+                   "fp32_top1": Figure(reference["top1"], "%")}
+        usable = {"fp32": rate(len(targets), fp32_s)}
+        for precision in (p for p in precisions if p != "fp32"):
+            summary, seconds = eval_pass(model, views, targets, precision=precision, batch=batch,
+                                         limit_s=SLOW_FACTOR * fp32_s * batch / len(targets))
+            count = summary["count"]
+            same = reference if count == len(targets) else eval_pass(
+                model, views[:count], targets[:count], precision="fp32", batch=batch)[0]
+            speed, diff = rate(count, seconds), summary["top1"] - same["top1"]
+            figures[f"{precision}_images_per_s"] = Figure(speed, "images/s")
+            figures[f"{precision}_top1"] = Figure(summary["top1"], "%")
+            figures[f"{precision}_top1_minus_fp32"] = Figure(diff, "pt")
+            figures[f"{precision}_images"] = Figure(count, "images")
+            figures[f"{precision}_vs_fp32"] = Figure(speed / usable["fp32"], "x")
+            if abs(diff) <= TOP1_TOLERANCE_PT:
+                usable[precision] = speed
+    best = max(usable, key=usable.get)
+    figures["images_per_s"] = Figure(usable[best], "images/s")
+    figures["seconds_10k"] = Figure(10_000 / usable[best], "s")
+    print(f"[bench] evaluation: {best} is the fastest precision within {TOP1_TOLERANCE_PT} pt of fp32", flush=True)
     return figures
 
 
@@ -306,12 +491,65 @@ def bench_dynamics_memory(ctx: BenchContext, *, samples: int | None = None,
     return figures
 
 
+def step_settings(config) -> StepVariant:
+    """The protocol's own step switches (train.precision / channels_last / compile; fp32 eager
+    where the config does not name them)."""
+    train = config.train
+    return StepVariant("protocol", getattr(train, "precision", "fp32"), getattr(train, "channels_last", False),
+                       getattr(train, "compile", False))
+
+
+def bare_loop_images_per_s(config, arrays: dict) -> float:
+    """The cell's training epochs as a plain PyTorch loop in this process: the same decoded images,
+    batches and augmentation (MemoryBatches), model, optimizer, threads and step switches."""
+    import torch
+
+    from trainers.batches import MemoryBatches, augment_settings
+    from trainers.models import create_student
+    from trainers.optim import build_optimizer
+    from trainers.precision import autocast, prepare_model, to_device_batch
+
+    settings = step_settings(config)
+    torch.manual_seed(config.seed)
+    model = create_student(config.model.name, num_classes=10, in_chans=config.in_chans,
+                           img_size=config.model.input_size).train()
+    optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
+                                weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
+    model = prepare_model(model, channels_last=settings.channels_last, compile=settings.compile)
+    memory = MemoryBatches(arrays, grid=1, tile_views="image", augment=augment_settings(config))
+    seen, started = 0, time.perf_counter()
+    with torch_threads(config.train.threads or all_cpus()):
+        for epoch in range(config.schedule.epochs):
+            steps, _ = memory.steps(epoch, batch_size=config.train.batch_size, world=1, rank=0, accum=1)
+            for micro_batches in steps:
+                optimizer.zero_grad(set_to_none=True)
+                for micro in micro_batches:
+                    images = to_device_batch(micro.image, "cpu", settings.channels_last)
+                    with autocast("cpu", settings.precision):
+                        loss = torch.nn.functional.cross_entropy(model(images), micro.label)
+                    (loss * micro.weight).backward()
+                    seen += len(micro.label)
+                optimizer.step()
+    return rate(seen, time.perf_counter() - started)
+
+
+def cell_training_arrays(config) -> dict:
+    """The decoded training set of a cell that has run (its split is cached under data.root)."""
+    from orchestrator.data.pipeline import decoded_arrays, train_dataset
+    from orchestrator.methods import build_training_set, load_train_source
+
+    split = build_training_set(config, load_train_source(config))
+    return decoded_arrays(train_dataset(split.path, mode=config.data.mode, num_rows=split.num_rows,
+                                        image_size=config.data.image_size))
+
+
 def bench_cell(ctx: BenchContext) -> dict[str, Figure]:
-    """One real tiny cell (random IPC 10, 3 epochs, fmnist-hard) through run_cell, in a temp dir."""
+    """One real tiny cell (random IPC 10, fmnist-hard, 3 epochs; --quick 2) through run_cell in a temp
+    dir, then the same epochs as a bare PyTorch loop (the reference of the cell's training images/s)."""
     from orchestrator.cell import run_cell
     from orchestrator.data.prepare import prepare_fashion_mnist
 
-    ipc, epochs = (2, 1) if ctx.quick else (10, 3)
+    ipc, epochs = (10, 2) if ctx.quick else (10, 3)
     prepare_fashion_mnist(ctx.data_root, image_size=28, mode="L")  # shared cache, outside the timing
     started = time.perf_counter()
     ctx.ensure_ray()
@@ -322,6 +560,7 @@ def bench_cell(ctx: BenchContext) -> dict[str, Figure]:
         started = time.perf_counter()
         result = run_cell(config, force=True)
         wall = time.perf_counter() - started
+        bare = bare_loop_images_per_s(config, cell_training_arrays(config))
     summary = result.summary
     train_s = float(summary["train_seconds"])
     images = ipc * 10 * epochs
@@ -338,16 +577,72 @@ def bench_cell(ctx: BenchContext) -> dict[str, Figure]:
         "fit_minus_train_s": Figure(float(summary["wall_seconds"]) - train_s, "s"),
         "overhead_share": Figure(100 * (wall - train_s) / wall, "%"),
         "train_images_per_s": Figure(float(summary["images_per_s"]), "images/s"),
+        "bare_loop_images_per_s": Figure(bare, "images/s"),
         "cell_images_per_s": Figure(rate(images, wall), "images/s"),
     }
+
+
+# --------------------------------------------------------------------------- sweep prediction
+
+
+def views_per_epoch(config, num_classes: int) -> int:
+    """Training views of one epoch: IPC x classes stored images, x grid^2 for PCA's per-tile views."""
+    from orchestrator.methods import require_ipc
+
+    tiles = config.prune.pca_grid ** 2 if config.data.method == "pca" and config.prune.pca_views == "tile" else 1
+    return require_ipc(config) * num_classes * tiles
+
+
+def evaluations(config) -> int:
+    """Evaluations of a cell: every eval.every epochs and after the last."""
+    return math.ceil(config.schedule.epochs / config.eval.every)
+
+
+def cell_seconds(config, *, num_classes: int, overhead_s: float, images_per_s: float, eval_s: float) -> float:
+    """Predicted wall time of one cell: the measured fixed overhead (which holds one evaluation),
+    its epochs at the measured training images/s, and its other evaluations."""
+    train_s = config.schedule.epochs * views_per_epoch(config, num_classes) / images_per_s
+    return overhead_s + train_s + (evaluations(config) - 1) * eval_s
+
+
+def predict_sweep_seconds(cells: list, **per_cell) -> float:
+    return sum(cell_seconds(config, **per_cell) for config in cells)
+
+
+def bench_predict(ctx: BenchContext, *, sweep: Path = BENCHMARK_SWEEP) -> dict[str, Figure]:
+    """Predicted wall time of a whole sweep (its own cell expansion, orchestrator.sweep_config) from
+    this run's `cell` and `eval` figures; teachers and pruning scores, trained once per sweep, and
+    the soft-label cells' teacher forward passes are not in it."""
+    from orchestrator.sweep_config import load_sweep
+
+    needed = ("cell.overhead_s", "cell.train_images_per_s", "eval.seconds_10k")
+    missing = [key for key in needed if key not in ctx.figures]
+    if missing:
+        raise RuntimeError(f"predict needs {missing} from the same run: run it with `--only eval cell predict`")
+    cells = load_sweep(sweep).cells
+    seconds = predict_sweep_seconds(cells, num_classes=10, overhead_s=ctx.figures["cell.overhead_s"].value,
+                                    images_per_s=ctx.figures["cell.train_images_per_s"].value,
+                                    eval_s=ctx.figures["eval.seconds_10k"].value)
+    print(f"[bench] predicted {Path(sweep).stem}: {len(cells)} cells, {seconds / 3600:,.1f} h on this machine",
+          flush=True)
+    return {"cells": Figure(len(cells), "cells"), "sweep_s": Figure(seconds, "s"),
+            "sweep_h": Figure(seconds / 3600, "h"), "mean_cell_s": Figure(seconds / len(cells), "s")}
 
 
 BENCHMARKS: dict[str, BenchFn] = {
     "augment": bench_augment,
     "pipeline": bench_pipeline,
     "train_step": bench_train_step,
+    "eval": bench_eval,
     "dynamics_memory": bench_dynamics_memory,
     "cell": bench_cell,
+    "predict": bench_predict,
+}
+# ratio name -> (figure, its reference figure), both measured in the same run
+RATIOS = {
+    "ratios.cell_step_vs_fastest": ("cell.train_images_per_s", "train_step.fastest_images_per_s"),
+    "ratios.ray_vs_bare_loop": ("cell.train_images_per_s", "cell.bare_loop_images_per_s"),
+    "ratios.eval_vs_fp32": ("eval.images_per_s", "eval.fp32_images_per_s"),
 }
 
 
@@ -369,10 +664,7 @@ def select(names: list[str] | None) -> list[str]:
 def machine_facts() -> dict:
     import torch
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        affinity = os.cpu_count()
+    affinity = all_cpus()
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     facts = {"cpu_count": os.cpu_count(), "cpus_usable": affinity, "torch": torch.__version__,
              "torch_threads": torch.get_num_threads(), "device": device, "numpy": np.__version__,
@@ -399,6 +691,7 @@ def run_benchmarks(names: list[str], ctx: BenchContext) -> dict:
             started = time.perf_counter()
             try:
                 figures = BENCHMARKS[name](ctx)
+                ctx.figures.update({f"{name}.{key}": figure for key, figure in figures.items()})
                 results[name] = {"seconds": time.perf_counter() - started,
                                  "figures": {key: {"value": float(fig.value), "unit": fig.unit}
                                              for key, fig in figures.items()}}
@@ -409,6 +702,27 @@ def run_benchmarks(names: list[str], ctx: BenchContext) -> dict:
     finally:
         ctx.close()
     return results
+
+
+def derive_ratios(figures: dict[str, Figure]) -> dict[str, Figure]:
+    """The RATIOS whose two figures this run measured."""
+    return {name: Figure(figures[value].value / figures[reference].value, "x")
+            for name, (value, reference) in RATIOS.items() if value in figures and reference in figures}
+
+
+def flat_figures(figures: dict[str, Figure]) -> dict[str, dict]:
+    """The JSON "figures" mapping: every figure and ratio under its dotted name."""
+    every = {**figures, **derive_ratios(figures)}
+    return {key: {"value": float(fig.value), "unit": fig.unit} for key, fig in every.items()}
+
+
+def render_ratios(figures: dict[str, Figure]) -> str:
+    lines = []
+    for name, ratio in derive_ratios(figures).items():
+        value, reference = RATIOS[name]
+        lines.append(f"{name:<30} {ratio.value:6.2f} x   = {value} {format_value(figures[value].value)} / "
+                     f"{reference} {format_value(figures[reference].value)}")
+    return "\n".join(lines)
 
 
 def format_value(value: float) -> str:
@@ -436,8 +750,7 @@ def render_table(results: dict) -> str:
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `bench` verb to the CLI's sub-parsers."""
-    parser = subparsers.add_parser("bench", help="speed and memory benchmarks (augment, pipeline, "
-                                                  "train_step, dynamics_memory, cell)")
+    parser = subparsers.add_parser("bench", help=f"speed and memory benchmarks ({', '.join(BENCHMARKS)})")
     configure_parser(parser)
     parser.set_defaults(func=cmd_bench)
     return parser
@@ -461,11 +774,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     machine = machine_facts()
     results = run_benchmarks(names, ctx)
-    report = {"timestamp": stamp, "quick": args.quick, "machine": machine, "results": results}
+    report = {"timestamp": stamp, "quick": args.quick, "machine": machine, "results": results,
+              "figures": flat_figures(ctx.figures)}
     path = Path(args.json) if args.json else Path(args.output_dir) / "bench" / f"bench-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(render_table(results))
+    print(render_ratios(ctx.figures))
     print(f"machine: {machine['cpus_usable']} CPUs usable, {machine['device']}, torch {machine['torch']}, "
           f"load {machine.get('loadavg_1m', float('nan')):.2f}")
     print(f"results written to {path}")

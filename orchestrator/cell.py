@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.config import Config, cell_name, to_dict
-from orchestrator.data.pipeline import collect_arrays, decoded_arrays, fits_in_memory, train_dataset, val_dataset
+from orchestrator.data.pipeline import train_dataset, training_arrays, val_dataset, validation_arrays
 from orchestrator.data.sources import check_class_sets
 from orchestrator.errors import ConfigError
 from orchestrator.locks import one_process_per_cell
@@ -24,6 +24,7 @@ from orchestrator.methods import PreparedSet, build_training_set, build_val_set,
     load_val_source
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
+from trainers.reporting import latest_checkpoint
 
 
 @dataclass
@@ -96,50 +97,73 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trainers.loop import SUMMARY_FILE, train_loop_per_worker
+    from trainers.loop import train_loop_per_worker
 
     init_ray()
-    datasets = {
-        "train": train_dataset(data.train.path, mode=config.data.mode, num_rows=data.train.num_rows,
-                               image_size=config.data.image_size),
-        "val": val_dataset(data.val.path, mode=config.data.mode, num_rows=data.val.num_rows,
-                           resize=config.eval.resize, crop=config.eval.crop, mean=config.data.mean,
-                           std=config.data.std),
-    }
-    train_arrays = val_arrays = None
-    if fits_in_memory(data.train.num_rows, image_size=config.data.image_size, mode=config.data.mode):
-        # The whole set goes to every worker once (object store): each epoch is one uniform shuffle.
-        train_arrays = ray.put(decoded_arrays(datasets.pop("train")))
-    if fits_in_memory(data.val.num_rows, image_size=config.eval.crop, mode=config.data.mode, bytes_per_value=4):
-        # Transformed once; every evaluation then reads it from memory instead of a new Ray Data run.
-        val_arrays = ray.put(collect_arrays(datasets.pop("val"), ("image", "label")))
+    train_arrays, val_arrays, datasets = cell_inputs(config, data)
     gpu = use_gpu(config.train.use_gpu)
     resources = {"CPU": config.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    in_process = config.train.workers == 0  # Ray Train local mode: the loop runs here (trainers/reporting.py)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "num_classes": data.num_classes, "teacher": teacher,
                            "mlflow_uri": uri, "run_id": run_id, "cell": name,
                            "dynamics_dir": str(dynamics_dir) if dynamics_dir else None,
-                           "train_arrays": train_arrays, "val_arrays": val_arrays},
+                           "train_arrays": ray.put(train_arrays) if train_arrays is not None else None,
+                           "val_arrays": ray.put(val_arrays) if val_arrays is not None else None,
+                           "local_run_dir": str(storage / name) if in_process else None,
+                           "local_datasets": datasets if in_process else None,
+                           "tune_report": tune_report, "use_gpu": gpu},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=None if in_process else resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=0),
-                             callbacks=tune_callbacks() if tune_report else None),
-        datasets=datasets or None,
+                             callbacks=tune_callbacks() if tune_report and not in_process else None),
+        datasets=None if in_process else datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
     )
     started = time.perf_counter()
     result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"cell {name} finished without a checkpoint; see the Ray logs in {storage / name}")
-    with result.checkpoint.as_directory() as directory:
-        summary = json.loads((Path(directory) / SUMMARY_FILE).read_text())
-        checkpoint_dir = Path(directory)
+    summary, checkpoint_dir = final_summary(result, storage / name, in_process)
     # A resumed cell's wall time also counts its earlier attempts (up to the checkpoint it resumed from).
     summary["wall_seconds"] = time.perf_counter() - started + summary.get("prior_wall_seconds", 0.0)
     return summary, checkpoint_dir
+
+
+def final_summary(result, run_dir: Path, in_process: bool) -> tuple[dict, Path]:
+    """The summary stored with the run's last checkpoint (Ray Train's, or the in-process loop's own)."""
+    from trainers.loop import SUMMARY_FILE
+
+    if in_process:
+        directory = latest_checkpoint(run_dir)
+    elif result.checkpoint is not None:
+        with result.checkpoint.as_directory() as path:
+            directory = Path(path)
+    else:
+        directory = None
+    if directory is None:
+        raise RuntimeError(f"cell {run_dir.name} finished without a checkpoint; see the Ray logs in {run_dir}")
+    return json.loads((directory / SUMMARY_FILE).read_text()), directory
+
+
+def cell_inputs(config: Config, data: CellData) -> tuple[dict | None, dict | None, dict]:
+    """(train arrays, validation arrays, Ray Datasets): what fits in memory is handed to the workers
+    decoded (the validation views from their on-disk cache); only what does not streams by Ray Data."""
+    train_arrays = training_arrays(data.train.path, mode=config.data.mode, num_rows=data.train.num_rows,
+                                   image_size=config.data.image_size)
+    val_arrays = validation_arrays(data.val.path, mode=config.data.mode, num_rows=data.val.num_rows,
+                                   resize=config.eval.resize, crop=config.eval.crop, mean=config.data.mean,
+                                   std=config.data.std)
+    datasets = {}
+    if train_arrays is None:
+        datasets["train"] = train_dataset(data.train.path, mode=config.data.mode, num_rows=data.train.num_rows,
+                                          image_size=config.data.image_size)
+    if val_arrays is None:
+        datasets["val"] = val_dataset(data.val.path, mode=config.data.mode, num_rows=data.val.num_rows,
+                                      resize=config.eval.resize, crop=config.eval.crop, mean=config.data.mean,
+                                      std=config.data.std)
+    return train_arrays, val_arrays, datasets
 
 
 def check_batch_split(config: Config, num_rows: int) -> None:
@@ -192,8 +216,3 @@ def finished_summary(run) -> dict:
     return {"top1_final": metrics.get("val/top1_final"), "top1_best": metrics.get("val/top1_best"),
             "top5_final": metrics.get("val/top5_final"), "top5_best": metrics.get("val/top5_best"),
             "train_seconds": metrics.get("time/train_s"), "images_per_s": metrics.get("throughput/images_per_s")}
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted(run_dir.glob("checkpoint_*")) if run_dir.exists() else []
-    return checkpoints[-1] if checkpoints else None

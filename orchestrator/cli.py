@@ -62,9 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     use_address(args.address)
-    result = run_cell(config, force=args.force)
-    print(f"cell {result.name}: top-1 final {result.summary['top1_final']:.2f}, "
-          f"best {result.summary['top1_best']:.2f} (MLflow run {result.run_id})")
+    run_cell(config, force=args.force)  # prints the cell's result line and where its MLflow run is
     return 0
 
 
@@ -90,6 +88,14 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     path = train_teacher(config, force=args.force)
     print(f"teacher registered at {path}")
     return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from orchestrator.distill_job import cmd_distill as distill
+
+    config = config_from_args(args)
+    use_address(args.address)  # a missing BN teacher is trained on Ray first
+    return distill(config)
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
@@ -190,6 +196,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--force", action="store_true")
     teacher.set_defaults(func=cmd_teacher)
 
+    distill = verbs.add_parser("distill", help="generate a distilled set (--method sre2l|cda|rded, --ipc N, --seed S)")
+    add_config_args(distill)
+    distill.set_defaults(func=cmd_distill)
+
     from orchestrator.bench import add_bench_parser
     from orchestrator.cluster import add_submit_parser
     from orchestrator.prune_job import add_prune_parser
@@ -221,7 +231,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+    add_verbose_flag(parser, verbs)
     return parser
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser, verbs) -> None:
+    """`--verbose`, before or after the verb: Ray's own logs on the console too (see `runtime.set_console`)."""
+    help_text = "print Ray's own logs on the console too (default: kept in Ray's session log folder)"
+    parser.add_argument("--verbose", "-v", action="store_true", help=help_text)
+    for verb in verbs.choices.values():
+        verb.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=help_text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_parsed(args: argparse.Namespace) -> int:
     """Run a parsed verb: project errors become one `error:` line and exit code 2, no traceback."""
+    from orchestrator.runtime import set_console
+
+    set_console(verbose=getattr(args, "verbose", False))
     try:
         return args.func(args)
     except OrchestratorError as exc:

@@ -3,33 +3,34 @@
     python -m orchestrator submit --config configs/sweeps/quickstart.yaml --address http://HEAD:8265 \
         --storage /shared/rethinkdc --tracking-uri http://HEAD:5000 [--set k=v] [--dry-run] [--no-wait]
 
-builds and runs
+submits, through `ray.job_submission.JobSubmissionClient`, the job
 
-    ray job submit --address http://HEAD:8265 --runtime-env-json '{"working_dir": ..., "env_vars": ...,
-        "excludes": [...]}' -- python -u -m orchestrator sweep --config configs/sweeps/quickstart.yaml
-        --output-dir /shared/rethinkdc
+    entrypoint:  python -u -m orchestrator sweep --config configs/sweeps/quickstart.yaml
+                     --output-dir /shared/rethinkdc
+    runtime_env: {"working_dir": <repo>, "env_vars": {...}, "excludes": [...]}
 
-The repository is uploaded as the job's working directory (so every node imports the same code),
-`--storage` (a path every node mounts) becomes `output_dir`: checkpoints, Tune state, the prepared
-data cache and, without `--tracking-uri`, the SQLite MLflow store. Re-submitting the same command
-resumes: finished cells are skipped, unfinished ones continue from their checkpoints on the storage.
-See docs/cluster.md.
+and streams its logs until it ends (unless --no-wait). The repository is uploaded as the job's
+working directory (so every node imports the same code), `--storage` (a path every node mounts)
+becomes `output_dir`: checkpoints, Tune state, the prepared data cache and, without
+`--tracking-uri`, the SQLite MLflow store. Re-submitting the same command resumes: finished cells are
+skipped, unfinished ones continue from their checkpoints on the storage. See docs/cluster.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shlex
-import shutil
-import subprocess
 import sys
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError
 
 REPO = Path(__file__).resolve().parents[1]
 VERBS = ("sweep", "run", "teacher")
@@ -39,6 +40,7 @@ EXCLUDES = [".git", "/outputs", "/data", "/ray_results", "mlruns", "mlartifacts"
             ".pytest_cache", ".hypothesis", ".benchmarks", "*.egg-info", "/.whl", "/.gl", ".venv", "venv"]
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", ""}
 GCS_PORTS = {6379, 10001}
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # the job client's fallbacks, in Ray's order
 
 
 class ClusterWarning(UserWarning):
@@ -52,7 +54,7 @@ def is_remote(address: str) -> bool:
 
 
 def dashboard_address(address: str) -> str:
-    """`ray job submit` talks to the dashboard's HTTP server (port 8265), not to the GCS (6379)."""
+    """The job client talks to the dashboard's HTTP server (port 8265), not to the GCS (6379)."""
     if "://" in address:
         return address
     parsed = urlparse(f"http://{address}")
@@ -132,11 +134,31 @@ def build_runtime_env(*, working_dir: Path, tracking_uri: str | None, extra_pip:
     return runtime_env
 
 
-def build_submit_command(*, config: Path, address: str, storage: str | None, tracking_uri: str | None,
-                         working_dir: Path, extra_pip: list[str], verb: str = "sweep",
-                         extra_args: list[str], env_vars: dict[str, str] | None = None, no_wait: bool = False,
-                         submission_id: str | None = None) -> list[str]:
-    """The `ray job submit ... -- python -u -m orchestrator <verb> ...` argv (warns: ClusterWarning)."""
+@dataclass(frozen=True)
+class Submission:
+    """One Ray job, as `JobSubmissionClient(address).submit_job(**submission.job())` receives it."""
+
+    address: str  # the head's dashboard, http://HEAD:8265
+    entrypoint: str  # the job's shell command
+    runtime_env: dict
+    submission_id: str | None = None
+
+    def job(self) -> dict:
+        return {"entrypoint": self.entrypoint, "runtime_env": self.runtime_env,
+                "submission_id": self.submission_id}
+
+    def describe(self) -> str:
+        """What --dry-run prints: the address, the entrypoint and the runtime_env as JSON."""
+        lines = [f"address: {self.address}", f"entrypoint: {self.entrypoint}"]
+        if self.submission_id:
+            lines.append(f"submission_id: {self.submission_id}")
+        return "\n".join([*lines, f"runtime_env: {json.dumps(self.runtime_env, sort_keys=True)}"])
+
+
+def build_submission(*, config: Path, address: str, storage: str | None, tracking_uri: str | None,
+                     working_dir: Path, extra_pip: list[str], verb: str = "sweep", extra_args: list[str],
+                     env_vars: dict[str, str] | None = None, submission_id: str | None = None) -> Submission:
+    """The job running `python -u -m orchestrator <verb> ...` in the uploaded repo (warns: ClusterWarning)."""
     if verb not in VERBS:
         raise ConfigError(f"verb '{verb}': choose one of {', '.join(VERBS)}")
     working_dir = Path(working_dir).resolve()
@@ -145,42 +167,74 @@ def build_submit_command(*, config: Path, address: str, storage: str | None, tra
     check_tracking(tracking_uri, storage, remote)
     runtime_env = build_runtime_env(working_dir=working_dir, tracking_uri=tracking_uri, extra_pip=extra_pip,
                                     env_vars=env_vars)
-    command = ["ray", "job", "submit", "--address", dashboard_address(address),
-               "--runtime-env-json", json.dumps(runtime_env, sort_keys=True)]
-    if submission_id:
-        command += ["--submission-id", submission_id]
-    if no_wait:
-        command.append("--no-wait")
-    command += ["--", "python", "-u", "-m", "orchestrator", verb, "--config", remote_config_path(config, working_dir)]
+    command = ["python", "-u", "-m", "orchestrator", verb, "--config", remote_config_path(config, working_dir)]
     if storage:
         command += ["--output-dir", storage]
-    return command + list(extra_args)
+    return Submission(address=dashboard_address(address), entrypoint=shlex.join(command + list(extra_args)),
+                      runtime_env=runtime_env, submission_id=submission_id)
 
 
-def submit_environment(base: dict[str, str] | None = None, auth_token_path: str | None = None) -> dict[str, str]:
-    """The environment for the `ray job submit` client, with Ray's token auth passed through.
+def auth_headers(environ: dict[str, str] | None = None, auth_token_path: str | None = None) -> dict[str, str]:
+    """The `Authorization: Bearer <token>` header for Ray's token auth, or {} without a token.
 
     Ray >= 2.59 turns token auth on for clusters started on a machine that has a token
-    (`~/.ray/auth_token`, `ray get-auth-token --generate`); the job client only sends it when
-    RAY_AUTH_MODE=token. An explicit RAY_AUTH_MODE is kept; else a token given here, in
-    RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH or in ~/.ray/auth_token turns it on (harmless for a
-    cluster without auth).
+    (`~/.ray/auth_token`, `ray get-auth-token --generate`). The token is taken from
+    `auth_token_path`, else RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (Ray's own
+    order); an explicit RAY_AUTH_MODE other than `token` (e.g. `disabled`) sends none. Sending a
+    token to a cluster without auth is harmless.
     """
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ if environ is None else environ)
     if auth_token_path:
-        env["RAY_AUTH_TOKEN_PATH"] = str(Path(auth_token_path).expanduser().resolve())
-        env["RAY_AUTH_MODE"] = "token"
-    elif "RAY_AUTH_MODE" not in env:
+        path = Path(auth_token_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--auth-token-path {path}: no such file")
+        token = path.read_text()
+    elif env.get("RAY_AUTH_MODE", "token") != "token":
+        return {}
+    elif env.get("RAY_AUTH_TOKEN"):
+        token = env["RAY_AUTH_TOKEN"]
+    else:
         home = Path(env.get("HOME") or Path.home())
-        if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH") or (home / ".ray" / "auth_token").is_file():
-            env["RAY_AUTH_MODE"] = "token"
-    return env
+        path = Path(env.get("RAY_AUTH_TOKEN_PATH") or home / ".ray" / "auth_token").expanduser()
+        token = path.read_text() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token.strip()}"} if token.strip() else {}
 
 
-def ray_executable() -> list[str]:
-    """`ray` from PATH, else the one next to this Python."""
-    found = shutil.which("ray") or shutil.which("ray", path=str(Path(sys.executable).parent))
-    return [found] if found else [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+def job_client(address: str, headers: dict[str, str]):
+    """A `JobSubmissionClient` on the dashboard; an unreachable cluster is one OrchestratorError.
+
+    Ray's client prefers RAY_API_SERVER_ADDRESS / RAY_ADDRESS to its argument: they are hidden while
+    it connects, so `--address` wins (`submit` already fell back to them when it was not given).
+    """
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    hidden = {name: os.environ.pop(name) for name in ADDRESS_VARIABLES if name in os.environ}
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as exc:
+        raise OrchestratorError(f"the Ray dashboard at {address} refused the request: {exc}") from exc
+    except (ConnectionError, RuntimeError) as exc:
+        raise OrchestratorError(f"cannot reach the Ray dashboard at {address}: {exc}") from exc
+    finally:
+        os.environ.update(hidden)
+
+
+def follow(client, submission_id: str) -> int:
+    """Stream the job's logs until it ends; 0 if it succeeded, else 1 (as `ray job submit` does)."""
+    from ray.job_submission import JobStatus
+
+    async def print_logs() -> None:
+        async for lines in client.tail_job_logs(submission_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(print_logs())
+    status = client.get_job_status(submission_id)
+    while not status.is_terminal():
+        time.sleep(1.0)
+        status = client.get_job_status(submission_id)
+    print(f"job {submission_id} {status.value.lower()}", flush=True)
+    return 0 if status == JobStatus.SUCCEEDED else 1
 
 
 def check_config(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -209,34 +263,35 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def submit(args: argparse.Namespace) -> int:
-    """Build the command, print it, and run it (unless --dry-run); returns its exit status."""
-    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    """Build the job, print it, and submit it (unless --dry-run); returns 0 once it succeeded (or, with
+    --no-wait, was accepted)."""
+    address = args.address or next((os.environ[v] for v in ADDRESS_VARIABLES if os.environ.get(v)), None)
     if not address:
         raise ConfigError("no cluster: pass --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
     extra_args = [item for text in args.overrides for item in ("--set", text)]
     check_config(args, args.overrides)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ClusterWarning)
-        command = build_submit_command(config=Path(args.config), address=address, storage=args.storage,
-                                       tracking_uri=args.tracking_uri, working_dir=Path(args.working_dir),
-                                       extra_pip=args.pip, verb=args.verb, extra_args=extra_args,
-                                       env_vars=parse_env(args.env), no_wait=args.no_wait,
-                                       submission_id=args.submission_id)
+        submission = build_submission(config=Path(args.config), address=address, storage=args.storage,
+                                      tracking_uri=args.tracking_uri, working_dir=Path(args.working_dir),
+                                      extra_pip=args.pip, verb=args.verb, extra_args=extra_args,
+                                      env_vars=parse_env(args.env), submission_id=args.submission_id)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    print(shlex.join(command), flush=True)
+    print(submission.describe(), flush=True)
     if args.dry_run:
         return 0
-    env = submit_environment(auth_token_path=args.auth_token_path)
-    status = subprocess.call(ray_executable() + command[1:], env=env)
-    if args.no_wait and status == 0:
-        print(f"follow it: ray job logs --follow <submission id> --address {dashboard_address(address)}; "
+    client = job_client(submission.address, auth_headers(auth_token_path=args.auth_token_path))
+    try:
+        submission_id = client.submit_job(**submission.job())
+    except RuntimeError as exc:
+        raise OrchestratorError(f"the job was not accepted by {submission.address}: {exc}") from exc
+    print(f"submitted job {submission_id}", flush=True)
+    if args.no_wait:
+        print(f"follow it: ray job logs --follow {submission_id} --address {submission.address}; "
               f"re-submit the same command to resume", flush=True)
-    return status
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    return submit(args)
+        return 0
+    return follow(client, submission_id)
 
 
 def add_submit_parser(subparsers) -> argparse.ArgumentParser:
@@ -259,18 +314,6 @@ def add_submit_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--submission-id", help="job id (default: generated by Ray)")
     parser.add_argument("--auth-token-path", help="Ray auth token file (token auth; default ~/.ray/auth_token)")
     parser.add_argument("--no-wait", action="store_true", help="return once submitted instead of streaming logs")
-    parser.add_argument("--dry-run", action="store_true", help="print the ray job submit command only")
-    parser.set_defaults(func=cmd_submit)
+    parser.add_argument("--dry-run", action="store_true", help="print the job (address, entrypoint, runtime_env) only")
+    parser.set_defaults(func=submit)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m orchestrator.cluster ...`: the submit verb on its own (same flags)."""
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.cluster")
-    from orchestrator.cli import run_parsed
-
-    return run_parsed(add_submit_parser(parser.add_subparsers(dest="verb_name")).parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -101,13 +101,14 @@ class EvalConfig:
     crop: int = 28
     batch_size: int = 512
     every: int = 1  # evaluate every N epochs (and always after the last)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; kept only where top-1 stays within 0.1 pt of fp32)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 128
     grad_accum: int = 1
-    workers: int = 1  # Ray Train workers; 0 = local mode (in the driver process)
+    workers: int = 1  # Ray Train workers (DDP); 0 = in the cell's own process (Ray Train local mode)
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0 = Ray's default (the worker's CPU count)
     use_gpu: bool | None = None  # None = use CUDA when Ray sees a GPU
@@ -115,6 +116,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     record_dynamics: bool = False  # write per-sample training dynamics (pruning scores)
     shuffle_buffer: int = 20000
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward and loss; weights and optimizer stay fp32)
+    channels_last: bool = False  # NHWC memory format for the student's convolutions
+    compile: bool = False  # torch.compile the student (falls back to eager, with a warning, if it cannot)
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,28 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """SRe2L, CDA and RDED generated here (docs/protocol.md §Distillation); defaults for 28-px Fashion-MNIST.
+
+    One BatchNorm teacher per config: the teacher recipe with teacher.model = teacher_model.
+    """
+
+    teacher_model: str = "convnet3_bn_w32"  # BN teacher (squeeze) for recover and RDED scoring
+    iterations: int = 500  # recover steps per batch (SRe2L/CDA: 1000 CIFAR, 4000 ImageNet script)
+    lr: float = 0.25  # Adam on the pixels, betas (0.5, 0.9), cosine to 0 (SRe2L scripts: 0.25)
+    r_bn: float = 0.1  # BatchNorm-statistics loss weight (SRe2L ImageNet 0.01, CDA up to 0.25; 3 small BN layers here)
+    first_bn_multiplier: float = 10.0  # extra weight on the first BN layer (SRe2L default)
+    jitter: int = 4  # random roll of up to N px per step (SRe2L: 32 at 224 px, 4 at 32 px)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # recover RandomResizedCrop scale (CDA: lower bound anneals)
+    batch: int = 100  # images optimised together (SRe2L --batch-size 100)
+    cda_mode: str = "cosine"  # CDA curriculum of the crop's lower bound: step | linear | cosine
+    cda_milestone: float = 1.0  # fraction of the iterations over which it anneals from 1 to crop_scale[0]
+    rded_grid: int = 2  # RDED factor: grid x grid patches per stored image
+    rded_candidates: int = 5  # RDED --num-crop: random crops scored per real image (best one kept)
+    rded_pool: int = 300  # RDED --mipc: real images drawn per class as candidates
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "custom"
     label_mode: str = "hard"  # hard | soft
@@ -155,6 +181,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def out(self) -> Path:
@@ -184,11 +211,15 @@ CHOICES = {
     "prune.pca_views": {"image", "tile"},
     "prune.aum_margin": {"logit", "probability"},
     "prune.ccs_scope": {"global", "class"},
+    "distill.cda_mode": {"step", "linear", "cosine"},
+    "train.precision": {"fp32", "bf16"},
+    "eval.precision": {"fp32", "bf16"},
 }
 POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum", "train.checkpoint_every",
             "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
             "eval.every", "train.keep_checkpoints", "prune.el2n_epochs", "prune.strata", "prune.pca_grid",
-            "prune.score_runs"]
+            "prune.score_runs", "distill.iterations", "distill.batch", "distill.rded_grid",
+            "distill.rded_candidates", "distill.rded_pool"]
 
 
 # ---------------------------------------------------------------- loading and overrides

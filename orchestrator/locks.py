@@ -12,7 +12,6 @@ import fcntl
 import functools
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,7 +35,7 @@ def file_lock(path: Path, what: str, quiet: bool = False) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not quiet:
-                print(f"{what} is held by {holder(path)}: waiting for it (lock {path})", file=sys.stderr,
+                print(f"{what} is held by {holder(path)}: waiting for it (lock {path})",
                       flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -16,7 +16,6 @@ import datasets
 import numpy as np
 
 from orchestrator.config import Config
-import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +24,9 @@ import pyarrow.compute as pc
 
 from orchestrator.data.select import arrow_column, fingerprint, select_per_class, to_benchmark_table
 from orchestrator.data.sources import Source, check_images, load_source
+from orchestrator.distill_job import DISTILL_METHODS
 from orchestrator.errors import ConfigError
+from orchestrator.files import atomic_path
 
 MethodFn = Callable[[Config, datasets.Dataset], datasets.Dataset]
 
@@ -46,6 +47,7 @@ def method_first(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 METHODS: dict[str, MethodFn] = {"full": method_full, "random": method_random, "first": method_first}
+METHODS.update(DISTILL_METHODS)  # sre2l, cda, rded: generated here (docs/protocol.md §Distillation)
 
 
 def register_method(name: str, fn: MethodFn) -> None:
@@ -146,10 +148,8 @@ def write_indexed_parquet(dataset: datasets.Dataset, path: Path) -> None:
     table = to_benchmark_table(dataset)
     if "index" in dataset.column_names:
         table = table.append_column("index", pa.array(dataset["index"], pa.int64()))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def build_training_set(config: Config, source: Source) -> PreparedSet:

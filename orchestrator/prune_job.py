@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import os
 from pathlib import Path
 
 from orchestrator.config import Config, replace
 from orchestrator.data.prepare import DATASET_INFO_FILE
 from orchestrator.data.select import fingerprint, write_parquet
 from orchestrator.errors import ConfigError
+from orchestrator.files import write_text
 
 PRUNE_RULES = ("forgetting", "el2n", "aum", "ccs", "pca")
 MANIFEST_FILE = "manifest.json"
@@ -59,10 +59,7 @@ def prune(config: Config, *, rule: str, ipc: int, reverse: bool = False, out_dir
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(payload, indent=2))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

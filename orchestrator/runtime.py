@@ -4,30 +4,64 @@ Without an address, programs on one machine share one local Ray instead of start
 instances make Ray's placement-group cleaner fail with "Found multiple active Ray instances"). The
 first program starts it and records its address (`local_ray_file`); later ones join it. The starter
 keeps it running at exit until the programs that joined it are done (its Ray stops with it).
+
+The console (unless `--verbose`, env ORCHESTRATOR_VERBOSE=1): of what Ray's workers write, only their
+stdout (the training loop's progress lines, a cell's summary) reaches the driver's console; their
+stderr (Ray's own loggers, C++ core logs, warnings) stays in the Ray session's log files, whose folder
+is printed once. On the driver, Ray's loggers print errors only (its records go to
+`<session>/logs/orchestrator-driver-<pid>.log`, Ray Data's to `logs/ray-data/`) and MLflow's warnings.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import logging
+import logging.handlers
 import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from orchestrator.locks import file_lock
 
 LOCAL_OBJECT_STORE_BYTES = 600 * 1024**2
 # Reach every trial and worker, on every node: one tracking server, the same hub settings.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+VERBOSE_ENV = "ORCHESTRATOR_VERBOSE"
+# The driver loggers whose console handlers Ray sets up: Ray's (start-up, Tune), Ray Data's and
+# Ray Train's (Train's exists on the driver in local mode).
+QUIET_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+# Log batches from these Ray processes are never a cell's output.
+RAY_SYSTEM_PIDS = ("autoscaler", "raylet", "gcs_server")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Idempotent. With no address (argument or RAY_ADDRESS) a local Ray is started by the program."""
+def set_console(verbose: bool) -> None:
+    """The program's console mode (`--verbose`), seen by `init_ray`."""
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if not verbose:
+        quiet_driver_console()
+
+
+def console_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "0") == "1"
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose: bool | None = None) -> None:
+    """Idempotent. With no address (argument or RAY_ADDRESS) a local Ray is started by the program.
+
+    verbose (default: `--verbose`, i.e. ORCHESTRATOR_VERBOSE): False keeps Ray's logs off the console.
+    """
     import ray
     from ray.data import DataContext
 
+    quiet = not (console_verbose() if verbose is None else verbose)
+    quiet = quiet and not in_ray_worker()  # a worker's console is its log files; the driver filters it
+    if quiet:
+        quiet_driver_console()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         env = {"env_vars": {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
@@ -36,9 +70,106 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
             join_or_start_local_ray(num_cpus, env)
+        if quiet:
+            print(f"Ray's logs: {keep_driver_logs_in_session()} (--verbose prints them here)", flush=True)
+    if quiet:
+        forward_worker_stdout_only()
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # same seed => same batches
     context.enable_progress_bars = False
+
+
+# ---------------------------------------------------------------- a quiet console
+
+
+def in_ray_worker() -> bool:
+    """True in a Ray task or actor (a Tune trial, a Ray Train worker), False in the program that drives Ray."""
+    import ray
+
+    return ray.is_initialized() and ray._private.worker.global_worker.mode != ray.SCRIPT_MODE
+
+
+# Where the workers' stdout lines go: the console, or a sweep's live table while it draws.
+worker_line_sinks: list[Callable[[str], None]] = [lambda line: print(line, flush=True)]
+
+
+@contextmanager
+def worker_lines_to(sink: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, the workers' stdout lines (see `forward_worker_output`) go to `sink`."""
+    worker_line_sinks.append(sink)
+    try:
+        yield
+    finally:
+        worker_line_sinks.remove(sink)
+
+
+def forward_worker_output(batch: dict) -> None:
+    """Print a worker's stdout lines without Ray's "(Actor pid=...)" prefix; drop its stderr."""
+    if batch.get("is_err") or batch.get("pid") in RAY_SYSTEM_PIDS:
+        return
+    for line in batch.get("lines", []):
+        worker_line_sinks[-1](line)
+
+
+def forward_worker_stdout_only() -> None:
+    """Replace Ray's forwarding of all worker output (`ray.init(log_to_driver=True)`) by `forward_worker_output`.
+
+    Workers keep writing both streams to `<session>/logs/worker-*.out|err`; only the console changes.
+    Filtering here, on the driver, covers every worker kind (Train controller and workers, Ray Data's
+    coordinator and tasks, Tune trials) wherever the training loop runs.
+    """
+    from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", forward_worker_output)
+
+
+class ConsoleFilter(logging.Filter):
+    """On a driver console handler: errors only (the records are kept in files, see `keep_driver_logs_in_session`).
+
+    Not Tune's: a failed trial's traceback; the sweep reports the failed cell and where its logs are.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR and not record.name.startswith("ray.tune")
+
+
+# Ray's driver records until Ray's session folder exists, then that folder's file (ray.init logs
+# while it starts: the auth-token notice, "Started a local Ray instance").
+driver_log = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+
+
+def quiet_driver_console() -> None:
+    """Idempotent: Ray's console handlers print errors only (Ray's records are kept), MLflow's warnings,
+    Ray Tune nothing of its own."""
+    for name in QUIET_RAY_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            if console and not any(isinstance(f, ConsoleFilter) for f in handler.filters):
+                handler.addFilter(ConsoleFilter())
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"])  # when it already is
+    # Tune's default output prints an experiment box and each trial's error whatever RunConfig(verbose=0)
+    # says; its former output honours verbose=0 (the sweep shows its own table).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray_logger = logging.getLogger("ray")
+    if driver_log not in ray_logger.handlers:
+        ray_logger.addHandler(driver_log)
+
+
+def keep_driver_logs_in_session() -> Path:
+    """Send the driver's Ray records (those kept so far, and later ones) to the session's log folder."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    target = logging.FileHandler(logs / f"orchestrator-driver-{os.getpid()}.log")
+    target.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if driver_log.target is not None:  # an earlier Ray of this program (tests start several)
+        driver_log.target.close()
+    driver_log.setTarget(target)
+    driver_log.flush()
+    driver_log.flushLevel = logging.DEBUG  # from now on each record is written at once
+    return logs
 
 
 def local_ray_file() -> Path:

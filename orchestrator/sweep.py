@@ -4,6 +4,7 @@ Each cell is one Tune trial whose function calls `run_cell` (which launches the 
 Re-running the same command resumes: finished cells are skipped (their MLflow run is FINISHED),
 unfinished ones continue from their last Ray Train checkpoint. With a `search:` section each cell
 becomes a Tune search (grid/random/Optuna, optional ASHA) whose trials are nested under the cell's run.
+The console shows the cells' states with an ETA (`progress.SweepProgress`) and the cells' epoch lines.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import yaml
 
 from orchestrator import tracking
 from orchestrator.config import Config, apply_overrides, cell_name, config_from_dict, to_dict
-from orchestrator.runtime import init_ray
-from orchestrator.sweep_config import Search, Sweep, describe
+from orchestrator.progress import SweepProgress, tune_callback
+from orchestrator.runtime import console_verbose, init_ray, use_gpu, worker_lines_to
+from orchestrator.sweep_config import Search, Sweep, describe, trial_resources
 
 
 def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False) -> list[dict]:
@@ -30,7 +32,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
     parent_id = sweep_parent_run(uri, experiment_id, sweep)
     status = "FAILED"  # whatever ends the driver, the parent run is not left RUNNING
     try:
-        results = run_cells(sweep, parent_id)
+        results = run_cells(sweep, parent_id, sweep_progress(sweep))
         done = sum(1 for r in results if r.get("top1_final") is not None)
         tracking.log_metrics(uri, parent_id, {"sweep/cells_done": done, "sweep/cells": len(sweep.cells)})
         status = "FINISHED" if done == len(sweep.cells) else "FAILED"
@@ -44,11 +46,29 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
     return results
 
 
-def run_cells(sweep: Sweep, parent_id: str) -> list[dict]:
+def sweep_progress(sweep: Sweep) -> SweepProgress:
+    """A live table on a terminal, unless `--verbose` lets Ray's own lines (which would break it) through."""
+    return SweepProgress(sweep.name, len(sweep.cells), sweep.max_concurrent, live=False if console_verbose() else None)
+
+
+def run_cells(sweep: Sweep, parent_id: str, progress: SweepProgress) -> list[dict]:
     prepare_prerequisites(sweep)
-    if sweep.search is None:
-        return run_grid(sweep, parent_id)
-    return [run_search(cell, sweep.search, parent_id, sweep) for cell in sweep.cells]
+    with worker_lines_to(progress.line):
+        if sweep.search is None:
+            return run_grid(sweep, parent_id, progress)
+        return [search_with_progress(cell, parent_id, sweep, progress) for cell in sweep.cells]
+
+
+def search_with_progress(cell: Config, parent_id: str, sweep: Sweep, progress: SweepProgress) -> dict:
+    name = cell_name(cell)
+    progress.start(name)
+    try:
+        outcome = run_search(cell, sweep.search, parent_id, sweep)
+    except Exception:
+        progress.fail(name)
+        raise
+    progress.finish(name, skipped=bool(outcome.get("skipped")))
+    return outcome
 
 
 def sweep_parent_run(uri: str, experiment_id: str, sweep: Sweep) -> str:
@@ -88,17 +108,23 @@ def cell_trial(params: dict) -> None:
                  "skipped": result.skipped, "cell": result.name})
 
 
-def run_grid(sweep: Sweep, parent_id: str) -> list[dict]:
+def trial_cell(trial_config: dict) -> str:
+    return cell_name(config_from_dict(trial_config["cell"]))
+
+
+def run_grid(sweep: Sweep, parent_id: str, progress: SweepProgress) -> list[dict]:
     from ray import tune
 
     first = sweep.cells[0]
-    trainable = tune.with_resources(cell_trial, {"CPU": sweep.trial_cpus})
+    trainable = tune.with_resources(cell_trial, lambda spec: trial_resources(
+        config_from_dict(spec["cell"]), sweep.trial_cpus, use_gpu(first.train.use_gpu)))
     tuner = tune.Tuner(
         trainable,
         param_space={"cell": tune.grid_search([to_dict(c) for c in sweep.cells]), "parent_run_id": parent_id},
         tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent),
         run_config=tune.RunConfig(name=f"sweep-{sweep.name}", storage_path=str(first.out / "tune"),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+                                  callbacks=[tune_callback(progress, trial_cell)]),
     )
     grid = tuner.fit()
     return [trial_outcome(result, first.out) for result in grid]
@@ -107,7 +133,7 @@ def run_grid(sweep: Sweep, parent_id: str) -> list[dict]:
 def trial_outcome(result, out: Path) -> dict:
     """A grid trial's metrics, named by its cell even when it failed before reporting any."""
     outcome = dict(result.metrics or {})
-    outcome.setdefault("cell", cell_name(config_from_dict(result.config["cell"])))
+    outcome.setdefault("cell", trial_cell(result.config))
     outcome["error"] = None
     if result.error is not None:
         lines = [line for line in str(result.error).splitlines() if line.strip()]
@@ -152,7 +178,7 @@ def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) ->
     cell_run = previous.info.run_id if previous else tracking.start_run(
         uri, experiment_id, cell, cell=name, role="search", parent_run_id=sweep_parent)
     tuner = tune.Tuner(
-        tune.with_resources(search_trial, {"CPU": sweep.trial_cpus}),
+        tune.with_resources(search_trial, trial_resources(cell, sweep.trial_cpus, use_gpu(cell.train.use_gpu))),
         param_space={**search_space(search), "cell": to_dict(cell), "parent_run_id": cell_run},
         tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=search.num_samples,
                                     search_alg=search_algorithm(search), scheduler=scheduler(search, cell),

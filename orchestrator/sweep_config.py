@@ -180,6 +180,15 @@ def parse_search(raw: dict | None) -> Search | None:
     return search
 
 
+def trial_resources(cell: Config, driver_cpus: float, gpu: bool) -> dict[str, float]:
+    """What one Tune trial reserves. An in-process cell (train.workers = 0, Ray Train local mode)
+    trains inside its trial, which then holds the cell's CPUs (and a GPU); a worker-group cell's
+    trial is only a driver, its Ray Train workers reserve their own resources."""
+    if cell.train.workers > 0:
+        return {"CPU": driver_cpus}
+    return {"CPU": max(cell.train.cpus_per_worker, driver_cpus), **({"GPU": 1} if gpu else {})}
+
+
 def describe(sweep: Sweep) -> str:
     """The `--dry-run` listing: every cell and what the sweep needs."""
     lines = [f"sweep {sweep.name}: {len(sweep.cells)} cells -> MLflow experiment '{sweep.experiment}'"]

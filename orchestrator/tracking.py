@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from orchestrator.config import Config, flatten, to_yaml
 from orchestrator.errors import OrchestratorError
+from orchestrator.files import write_text
 from orchestrator.locks import file_lock, store_lock
 
 # Short names users compare in the MLflow UI and the report reads.
@@ -118,9 +119,7 @@ def record_location(name: str, out: Path) -> None:
             folders = [str(out)] + [str(f) for f in known_locations(name) if f != out and f.is_dir()]
             recorded = json.loads(path.read_text()) if path.is_file() else {}
             recorded[name] = folders[:KNOWN_LOCATIONS_KEPT]
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(recorded, indent=1))
-            os.replace(tmp, path)
+            write_text(path, json.dumps(recorded, indent=1))
     except (OSError, ValueError):
         pass
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import pyarrow.parquet as pq
 from orchestrator.config import Config
 from orchestrator.data.select import arrow_column, class_id_array, fingerprint
 from orchestrator.errors import DataError
+from orchestrator.files import atomic_path
 from orchestrator.methods import from_template, register_method, require_ipc, source_spec, with_index
 from orchestrator.teachers import artifact_key, dynamics_dirs, dynamics_key
 from pca.scores import SCORE_COLUMNS, compute_scores
@@ -106,15 +105,11 @@ def _read_cache(path: Path, signature: str, num_samples: int) -> pd.DataFrame | 
 def _write_cache(path: Path, frame: pd.DataFrame, signature: str) -> None:
     table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _DYNAMICS_KEY: signature.encode()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
     except OSError:  # a read-only output folder: the scores are still returned, just not cached
         pass
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_scores(config: Config, num_samples: int) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """`orchestrator bench`: structure of the figures and the CLI plumbing; never timing thresholds.
 
 Only the cheap benchmarks run here (quick sizes); `pipeline` and `cell` need a Ray cluster and
-minutes on a 2-core machine, so for them the tests check registration and `--only` selection.
+minutes on a 2-core machine, so for them the tests check registration and `--only` selection, and
+the ratios and sweep prediction built on their figures are tested as pure functions.
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
+from pathlib import Path
 
 import pytest
 
 from orchestrator import bench
-from orchestrator.bench import BENCHMARKS, BenchContext, Figure
+from orchestrator.bench import BENCHMARKS, BenchContext, Figure, StepVariant
 from orchestrator.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_figures(figures: dict, required: set[str]) -> None:
@@ -22,7 +27,8 @@ def assert_figures(figures: dict, required: set[str]) -> None:
     for name, figure in figures.items():
         assert isinstance(figure, Figure), name
         assert isinstance(figure.unit, str) and figure.unit, name
-        assert math.isfinite(figure.value) and figure.value > 0, (name, figure.value)
+        signed = figure.unit == "pt"  # a difference of two top-1 figures
+        assert math.isfinite(figure.value) and (signed or figure.value > 0), (name, figure.value)
 
 
 @pytest.fixture
@@ -31,7 +37,7 @@ def ctx(tmp_path) -> BenchContext:
 
 
 def test_registry_names_every_benchmark():
-    assert list(BENCHMARKS) == ["augment", "pipeline", "train_step", "dynamics_memory", "cell"]
+    assert list(BENCHMARKS) == ["augment", "pipeline", "train_step", "eval", "dynamics_memory", "cell", "predict"]
     assert all(callable(fn) for fn in BENCHMARKS.values())
 
 
@@ -41,19 +47,56 @@ def test_augment_quick_figures(ctx):
     assert figures["images"].value == 512 and figures["images_per_s"].unit == "images/s"
 
 
-def test_train_step_one_model(ctx):
-    figures = bench.bench_train_step(ctx, models=("convnet3_w32",), threads=(1,), batch=16, min_seconds=0.0)
-    assert_figures(figures, {"convnet3_w32_t1_images_per_s", "convnet3_w32_t1_ms_per_step",
-                             "convnet3_w32_params"})
-    assert not any(key.startswith("resnet18_small") for key in figures)
+def test_train_step_variants_and_fastest_reference(ctx):
+    variants = (StepVariant("fp32"), StepVariant("fp32_cl", channels_last=True))
+    figures = bench.bench_train_step(ctx, threads=1, batch=16, variants=variants, min_seconds=0.0)
+    assert_figures(figures, {"threads", "fp32_images_per_s", "fp32_cl_images_per_s", "fastest_images_per_s",
+                             "fp32_vs_fastest", "fp32_cl_vs_fastest", "params"})
+    rates = [figures["fp32_images_per_s"].value, figures["fp32_cl_images_per_s"].value]
+    assert figures["fastest_images_per_s"].value == max(rates)
+    assert max(figures["fp32_vs_fastest"].value, figures["fp32_cl_vs_fastest"].value) == 1.0
+    assert not any("bf16" in key or "compile" in key for key in figures)
 
 
 def test_train_step_restores_torch_threads(ctx):
     import torch
 
     before = torch.get_num_threads()
-    bench.bench_train_step(ctx, models=("convnet3_w32",), threads=(1,), batch=4, min_seconds=0.0)
+    bench.bench_train_step(ctx, threads=1, batch=4, variants=(StepVariant("fp32"),), min_seconds=0.0)
     assert torch.get_num_threads() == before
+
+
+def test_quick_variants_leave_out_compiling_and_emulated_bf16():
+    from trainers.precision import native_bf16
+
+    quick = bench.step_variants(quick=True)
+    assert bench.step_variants(quick=False) == bench.STEP_VARIANTS
+    assert quick[0] == StepVariant("fp32") and not any(v.compile for v in quick)
+    assert any(v.precision == "bf16" for v in quick) == native_bf16("cpu")
+
+
+def test_time_steps_stops_a_step_slower_than_the_cutoff():
+    calls = []
+
+    def step():
+        calls.append(1)
+        time.sleep(0.01)
+
+    seconds, steps, cut = bench.time_steps(step, budget=10.0, cutoff=0.001)
+    assert (steps, cut, len(calls)) == (1, True, 2) and seconds > 0  # warm-up + one timed step
+    calls.clear()
+    assert bench.time_steps(step, budget=0.0, cutoff=None)[1:] == (2, False) and len(calls) == 3
+
+
+def test_eval_figures_per_precision(ctx):
+    figures = bench.bench_eval(ctx, images=200, train_steps=2, precisions=("fp32", "bf16"))
+    assert_figures(figures, {"images", "threads", "fp32_images_per_s", "fp32_top1", "bf16_images_per_s",
+                             "bf16_top1", "bf16_top1_minus_fp32", "bf16_vs_fp32", "images_per_s", "seconds_10k"})
+    assert figures["images"].value == 200 and figures["bf16_images"].value == 200  # one batch
+    diff = figures["bf16_top1_minus_fp32"].value
+    assert diff == pytest.approx(figures["bf16_top1"].value - figures["fp32_top1"].value)
+    candidates = [figures["fp32_images_per_s"].value] + ([figures["bf16_images_per_s"].value] if abs(diff) <= 0.1 else [])
+    assert figures["images_per_s"].value == max(candidates)
 
 
 def test_dynamics_memory_small(ctx):
@@ -62,6 +105,67 @@ def test_dynamics_memory_small(ctx):
                              "peak_ratio_maxE_over_minE", "disk_bytes_per_epoch",
                              "disk_bytes_per_sample_epoch"})
     assert figures["samples"].value == 1_000 and figures["peak_traced_E3"].unit == "MiB"
+
+
+def write_sweep(tmp_path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(f"name: small\nprotocol: {REPO / 'configs' / 'fmnist-hard.yaml'}\n"
+                    "set: {schedule.epochs: 50}\naxes: {method: [random], ipc: [1, 10], seed: [0, 1]}\n")
+    return path
+
+
+def test_predict_sums_the_per_cell_model_over_the_sweep_cells(tmp_path):
+    """4 cells, 50 epochs, eval every 25: overhead 5 + 50 x ipc x 10 / 100 img/s + (2 - 1) x 2 s."""
+    from orchestrator.sweep_config import load_sweep
+
+    cells = load_sweep(write_sweep(tmp_path)).cells
+    assert len(cells) == 4 and [bench.evaluations(c) for c in cells] == [2, 2, 2, 2]
+    seconds = bench.predict_sweep_seconds(cells, num_classes=10, overhead_s=5.0, images_per_s=100.0, eval_s=2.0)
+    assert seconds == pytest.approx(2 * (5 + 5 + 2) + 2 * (5 + 50 + 2))
+
+
+def test_pca_tile_views_count_every_tile(tmp_path):
+    config = bench.protocol_config({"data.method": "pca", "data.ipc": 10, "prune.pca_grid": 2})
+    assert bench.views_per_epoch(config, 10) == 100
+    tiles = bench.protocol_config({"data.method": "pca", "data.ipc": 10, "prune.pca_grid": 2,
+                                   "prune.pca_views": "tile"})
+    assert bench.views_per_epoch(tiles, 10) == 400
+
+
+def test_predict_benchmark_reads_this_runs_figures(ctx, tmp_path):
+    with pytest.raises(RuntimeError, match="--only eval cell predict"):
+        bench.bench_predict(ctx, sweep=write_sweep(tmp_path))
+    ctx.figures.update({"cell.overhead_s": Figure(5.0, "s"), "cell.train_images_per_s": Figure(100.0, "images/s"),
+                        "eval.seconds_10k": Figure(2.0, "s")})
+    figures = bench.bench_predict(ctx, sweep=write_sweep(tmp_path))
+    assert figures["cells"].value == 4 and figures["sweep_s"].value == pytest.approx(138.0)
+
+
+def test_ratios_of_the_cell_against_its_references():
+    figures = {"cell.overhead_s": Figure(7.0, "s"), "cell.train_images_per_s": Figure(300.0, "images/s"),
+               "cell.bare_loop_images_per_s": Figure(400.0, "images/s"),
+               "train_step.fastest_images_per_s": Figure(600.0, "images/s")}
+    flat = bench.flat_figures(figures)
+    assert flat["ratios.cell_step_vs_fastest"] == {"value": 0.5, "unit": "x"}
+    assert flat["ratios.ray_vs_bare_loop"] == {"value": 0.75, "unit": "x"}
+    assert flat["cell.overhead_s"] == {"value": 7.0, "unit": "s"} and "ratios.eval_vs_fp32" not in flat
+    assert "ratios.ray_vs_bare_loop" in bench.render_ratios(figures)
+
+
+def test_quick_json_of_the_cheap_benchmarks_has_flat_figures(monkeypatch, tmp_path, capsys):
+    """`--quick --only train_step eval` through the CLI (eval on 500 images): flat dotted figures."""
+    import functools
+
+    monkeypatch.setitem(bench.BENCHMARKS, "eval", functools.partial(bench.bench_eval, images=500, train_steps=2))
+    out = tmp_path / "r.json"
+    assert bench.main(["--only", "train_step", "eval", "--quick", "--output-dir", str(tmp_path),
+                       "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["figures"]
+    assert {"eval.images_per_s", "eval.fp32_top1", "train_step.fastest_images_per_s",
+            "train_step.fp32_images_per_s", "ratios.eval_vs_fp32"} <= set(figures)
+    assert figures["eval.images"]["value"] == 500 and figures["eval.images_per_s"]["unit"] == "images/s"
+    assert not any(key.startswith(("cell.", "ratios.cell", "ratios.ray")) for key in figures)
+    assert "ratios.eval_vs_fp32" in capsys.readouterr().out
 
 
 def test_select_keeps_registry_order_and_rejects_unknown():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,39 +15,39 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cluster import EXCLUDES, ClusterWarning, add_submit_parser, build_submit_command, submit, \
-    submit_environment
-from orchestrator.errors import ConfigError
+from orchestrator.cluster import EXCLUDES, ClusterWarning, Submission, add_submit_parser, auth_headers, \
+    build_submission, submit
+from orchestrator.errors import ConfigError, OrchestratorError
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "sweeps" / "quickstart.yaml"
 
 
-def command(**overrides) -> list[str]:
+def command(**overrides) -> Submission:
     kwargs = {"config": QUICKSTART, "address": "http://10.0.0.1:8265", "storage": "/shared/rethinkdc",
               "tracking_uri": "http://10.0.0.1:5000", "working_dir": REPO, "extra_pip": [], "extra_args": []}
     kwargs.update(overrides)
-    return build_submit_command(**kwargs)
+    return build_submission(**kwargs)
 
 
-def runtime_env(argv: list[str]) -> dict:
-    return json.loads(argv[argv.index("--runtime-env-json") + 1])
+def runtime_env(submission: Submission) -> dict:
+    return submission.job()["runtime_env"]
 
 
-def entrypoint(argv: list[str]) -> list[str]:
-    return argv[argv.index("--") + 1:]
+def entrypoint(submission: Submission) -> list[str]:
+    return shlex.split(submission.job()["entrypoint"])
 
 
-# ---------------------------------------------------------------- the command
+# ---------------------------------------------------------------- the job
 
 
-def test_command_submits_the_sweep_with_storage_as_output_dir():
-    argv = command(extra_args=["--set", "schedule.epochs=5"])
-    assert argv[:5] == ["ray", "job", "submit", "--address", "http://10.0.0.1:8265"]
-    assert entrypoint(argv) == ["python", "-u", "-m", "orchestrator", "sweep",
-                                "--config", "configs/sweeps/quickstart.yaml",  # relative to the working dir
-                                "--output-dir", "/shared/rethinkdc", "--set", "schedule.epochs=5"]
-    assert "--no-wait" not in argv and "--submission-id" not in argv
+def test_job_runs_the_sweep_with_storage_as_output_dir():
+    job = command(extra_args=["--set", "schedule.epochs=5"])
+    assert job.address == "http://10.0.0.1:8265"
+    assert entrypoint(job) == ["python", "-u", "-m", "orchestrator", "sweep",
+                               "--config", "configs/sweeps/quickstart.yaml",  # relative to the working dir
+                               "--output-dir", "/shared/rethinkdc", "--set", "schedule.epochs=5"]
+    assert job.job()["submission_id"] is None
 
 
 def test_runtime_env_carries_code_tracking_and_excludes():
@@ -62,12 +63,12 @@ def test_runtime_env_carries_code_tracking_and_excludes():
 
 def test_runtime_env_extras_no_tracking_and_job_flags():
     argv = command(tracking_uri=None, address="http://127.0.0.1:8265", extra_pip=["timm==1.0.31"],
-                   env_vars={"HF_HUB_OFFLINE": "1"}, no_wait=True, submission_id="quickstart-1", verb="run",
+                   env_vars={"HF_HUB_OFFLINE": "1"}, submission_id="quickstart-1", verb="run",
                    config=REPO / "configs" / "fmnist-hard.yaml")
     env = runtime_env(argv)
     assert env["pip"] == ["timm==1.0.31"] and env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     assert "MLFLOW_TRACKING_URI" not in env["env_vars"]
-    assert "--no-wait" in argv and argv[argv.index("--submission-id") + 1] == "quickstart-1"
+    assert argv.job()["submission_id"] == "quickstart-1"
     assert entrypoint(argv)[4:7] == ["run", "--config", "configs/fmnist-hard.yaml"]
 
 
@@ -116,22 +117,27 @@ def test_rejects_what_cannot_work_on_a_cluster(bad, match):
 
 
 def test_address_without_scheme_is_the_dashboard_url():
-    assert command(address="10.0.0.1:8265")[4] == "http://10.0.0.1:8265"
+    assert command(address="10.0.0.1:8265").address == "http://10.0.0.1:8265"
 
 
 # ---------------------------------------------------------------- token auth and the verb
 
 
-def test_token_auth_is_passed_to_the_job_client(tmp_path):
+def test_token_auth_is_sent_by_the_job_client(tmp_path):
     home = tmp_path / "home"
-    assert "RAY_AUTH_MODE" not in submit_environment({"HOME": str(home)})
+    assert auth_headers({"HOME": str(home)}) == {}
     (home / ".ray").mkdir(parents=True)
-    (home / ".ray" / "auth_token").write_text("secret")
-    assert submit_environment({"HOME": str(home)})["RAY_AUTH_MODE"] == "token"
-    assert submit_environment({"HOME": str(home), "RAY_AUTH_MODE": "disabled"})["RAY_AUTH_MODE"] == "disabled"
-    assert submit_environment({"HOME": str(tmp_path), "RAY_AUTH_TOKEN": "t"})["RAY_AUTH_MODE"] == "token"
-    env = submit_environment({"HOME": str(tmp_path)}, auth_token_path=str(tmp_path / "token"))
-    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "token")
+    (home / ".ray" / "auth_token").write_text("secret\n")
+    assert auth_headers({"HOME": str(home)}) == {"Authorization": "Bearer secret"}
+    assert auth_headers({"HOME": str(home), "RAY_AUTH_MODE": "disabled"}) == {}
+    assert auth_headers({"HOME": str(home), "RAY_AUTH_TOKEN": "t"}) == {"Authorization": "Bearer t"}
+    (tmp_path / "token").write_text("from-file")
+    assert auth_headers({"HOME": str(tmp_path), "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")}) == \
+        {"Authorization": "Bearer from-file"}
+    assert auth_headers({"HOME": str(home), "RAY_AUTH_MODE": "disabled"}, auth_token_path=str(tmp_path / "token")) \
+        == {"Authorization": "Bearer from-file"}  # an explicit --auth-token-path always counts
+    with pytest.raises(ConfigError, match="no such file"):
+        auth_headers({}, auth_token_path=str(tmp_path / "absent"))
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -140,13 +146,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(["submit", *argv])
 
 
-def test_submit_verb_dry_run_prints_the_command(capsys):
+def test_submit_verb_dry_run_prints_the_job(capsys):
     args = parse(["--config", str(QUICKSTART), "--address", "http://10.0.0.1:8265", "--storage", "/shared/r",
                   "--tracking-uri", "http://10.0.0.1:5000", "--set", "schedule.epochs=2", "--dry-run"])
     assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("ray job submit --address http://10.0.0.1:8265 --runtime-env-json")
-    assert out.rstrip().endswith("--output-dir /shared/r --set schedule.epochs=2")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "address: http://10.0.0.1:8265"
+    assert lines[1].startswith("entrypoint: python -u -m orchestrator sweep --config configs/sweeps/quickstart.yaml")
+    assert lines[1].endswith("--output-dir /shared/r --set schedule.epochs=2")
+    assert json.loads(lines[2].removeprefix("runtime_env: "))["env_vars"]["MLFLOW_TRACKING_URI"] == \
+        "http://10.0.0.1:5000"
+
+
+def test_submit_to_an_unreachable_dashboard_is_one_error(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:7")  # Ray's client would prefer it to its argument
+    args = parse(["--config", str(QUICKSTART), "--address", "http://127.0.0.1:9", "--storage", "/shared/r"])
+    with pytest.raises(OrchestratorError, match="dashboard at http://127.0.0.1:9: .*address: http://127.0.0.1:9"):
+        submit(args)
+    assert os.environ["RAY_ADDRESS"] == "http://127.0.0.1:7"
 
 
 def test_submit_checks_the_sweep_before_uploading():
@@ -210,7 +227,7 @@ HELPER = textwrap.dedent("""
                                "--address", cluster.address, "--output-dir", str(out), *sets], timeout=600)
         ray.init(address=cluster.address)
         result["train_workers"] = train_workers()
-        result["submit"] = run([sys.executable, "-m", "orchestrator.cluster", "--config", sweep, "--env",
+        result["submit"] = run([sys.executable, "-m", "orchestrator", "submit", "--config", sweep, "--env",
                                 "RAY_DEDUP_LOGS=0", "--address", f"http://127.0.0.1:{dashboard}",
                                 "--storage", str(out), "--working-dir", str(work), *sets], timeout=400)
         result["train_workers_after_submit"] = train_workers()
@@ -276,6 +293,6 @@ def test_sweep_cells_run_on_both_nodes_of_a_two_node_cluster(tmp_path, data_root
 
     submitted = result["submit"]
     assert submitted["rc"] == 0, submitted["tail"]
-    assert "ray job submit" in submitted["tail"] and "succeeded" in submitted["tail"], submitted["tail"]
+    assert "submitted job" in submitted["tail"] and "succeeded" in submitted["tail"], submitted["tail"]
     assert submitted["tail"].count("already finished") == 2, submitted["tail"]  # resumed from the storage
     assert sorted(result["train_workers_after_submit"]) == sorted(result["train_workers"])  # nothing retrained

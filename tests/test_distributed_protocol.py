@@ -1,6 +1,7 @@
 """One protocol at any worker count, on a real local Ray with real Fashion-MNIST (docs/protocol.md §Batch and shuffle).
 
-- the same IPC 50 cell with 1 and 2 Ray Train workers logs the same optimizer steps and samples seen;
+- the same IPC 50 cell in-process (Ray Train local mode) and with 1 and 2 Ray Train workers logs the
+  same optimizer steps and samples seen, and in-process equals one worker loss for loss;
 - inside real Ray Train workers, the class-ordered IPC 50 set gives every rank's batches the class
   mix of a uniform shuffle, and every image is used exactly once per epoch across the ranks.
 """
@@ -28,15 +29,17 @@ def logged(config, run_id: str, key: str) -> list[float]:
                                     key=lambda m: m.step)]
 
 
-def test_one_and_two_workers_take_the_same_optimizer_steps(ray_cluster, tiny_config):
-    counts = {}
-    for workers in (1, 2):
+def test_in_process_one_and_two_workers_take_the_same_optimizer_steps(ray_cluster, tiny_config):
+    counts, losses = {}, {}
+    for workers in (0, 1, 2):
         config = tiny_config(**IPC50, **{"train.workers": workers})
         result = run_cell(config)
         counts[workers] = (logged(config, result.run_id, "train/optimizer_steps"),
                            logged(config, result.run_id, "train/samples_seen"))
+        losses[workers] = logged(config, result.run_id, "train/loss")
     steps_per_epoch = math.ceil(500 / 128)
-    assert counts[1] == counts[2] == ([steps_per_epoch, 2 * steps_per_epoch], [500, 1000])
+    assert counts[0] == counts[1] == counts[2] == ([steps_per_epoch, 2 * steps_per_epoch], [500, 1000])
+    assert losses[0] == losses[1]  # the same loop, in the cell's process or in one Ray Train worker
 
 
 def test_two_ray_workers_see_uniform_class_mix_and_each_image_once(ray_cluster, tiny_config, tmp_path):

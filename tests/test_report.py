@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 
 import numpy as np
@@ -157,16 +158,17 @@ def test_missing_database_is_an_error_not_a_new_store(tmp_path):
     assert not db.exists()
 
 
-def test_fraction_accuracies_become_percent(store):
+def test_accuracies_keep_the_unit_they_were_logged_in(store):
+    """Top-1/top-5 are logged in percent: a top-1 of 0.5 % stays 0.5 (no guessing it was a fraction)."""
     client = store["client"]
-    exp_id = client.create_experiment("fractions",
-                                      artifact_location=(store["root"] / "a3").as_uri())
+    exp_id = client.create_experiment("low-accuracy", artifact_location=(store["root"] / "a3").as_uri())
     _log_cell(client, exp_id, protocol="fmnist-hard", label_mode="hard", method="random",
-              ipc=10, seed=0, top1=61.0, fraction=True)
-    got = report.load_cell_runs(store["uri"], "fractions")
-    assert got["top1_final"].iloc[0] == pytest.approx(61.0)
-    assert report.load_cell_runs(store["uri"], "fractions", acc_unit="percent")[
-        "top1_final"].iloc[0] == pytest.approx(0.61)
+              ipc=10, seed=0, top1=50.0, fraction=True)  # top-1 0.5 %, top-5 0.7 %
+    got = report.load_cell_runs(store["uri"], "low-accuracy").iloc[0]
+    assert got["top1_final"] == pytest.approx(0.5) and got["top5_final"] == pytest.approx(0.7)
+    assert report.paper_table(report.load_cell_runs(store["uri"], "low-accuracy")).loc["random", 10] == \
+        "**0.5 (n=1)**"
+    assert report.METRIC_UNITS["top1_final"] == "%" and report.METRIC_UNITS["train_s"] == "s"
 
 
 # ------------------------------------------------------------------------------------ paper table
@@ -313,7 +315,7 @@ def test_write_report_files(df, tmp_path):
     md = paths["report.md"].read_text()
     assert md.startswith("# Test report")
     assert "## fmnist-hard · hard labels · convnet3" in md
-    assert "| method | IPC 10 | IPC 50 |" in md
+    assert "| method | IPC 10 | IPC 50 |" in re.sub(r" +", " ", md)  # to_markdown pads columns
     assert "**66.6 (n=1)**" in md
     assert "Whole training set (`full`)" in md
     assert "Label robustness (DD-Ranking)" in md and "LRS" in md
@@ -359,3 +361,58 @@ def test_run_report_logs_to_new_report_run(store, tmp_path):
         report.log_report(store["uri"], EXP, paths, parent_run_id="0" * 32)
     with pytest.raises(OrchestratorError, match="no FINISHED runs"):
         report.run_report(store["uri"], "other-exp", tmp_path / "x", log=False)
+
+
+def test_loading_leaves_the_global_tracking_uri_alone(store, tmp_path):
+    import mlflow
+
+    elsewhere = f"sqlite:///{(tmp_path / 'elsewhere.db').resolve()}"
+    mlflow.set_tracking_uri(elsewhere)
+    try:
+        assert len(report.load_cell_runs(store["uri"], EXP)) == sum(map(len, ACC.values())) + 3
+        assert mlflow.get_tracking_uri() == elsewhere
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+# ------------------------------------------------------------------------ distillation hooks
+
+
+def test_storage_table_shows_generation_cost_only_when_logged(store, df, tmp_path):
+    client = store["client"]
+    exp_id = client.create_experiment("distilled", artifact_location=(store["root"] / "a4").as_uri())
+    ts = int(time.time() * 1000)
+    for seed, seconds in enumerate([100.0, 140.0]):
+        rid = _log_cell(client, exp_id, protocol="fmnist-hard", label_mode="hard", method="sre2l",
+                        ipc=10, seed=seed, top1=70.0 + seed)
+        client.log_batch(rid, metrics=[Metric("distill/generation_s", seconds, ts, 0),
+                                       Metric("distill/generation_images", 100.0, ts, 0)])
+    distilled = report.load_cell_runs(store["uri"], "distilled")
+    st = report.storage_table(distilled, human=False)
+    assert st["generation_s"].tolist() == [120.0] and st["generation_images"].tolist() == [100.0]
+    assert report.storage_table(distilled).iloc[0]["generation_s"] == "2.0 min"
+    assert "generation time (mean)" in report.render_terminal(distilled)
+    assert "generation_s" not in report.storage_table(df).columns  # pruning runs log no distill/*
+
+
+def test_image_grid_of_real_fashion_mnist(tmp_path):
+    from orchestrator.data.prepare import FASHION_MNIST_RAW, read_idx
+    from orchestrator.report.plots import class_mosaic
+
+    if not FASHION_MNIST_RAW.is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    images = read_idx(FASHION_MNIST_RAW / "t10k-images-idx3-ubyte.gz")[:300]  # N x 28 x 28 uint8
+    labels = read_idx(FASHION_MNIST_RAW / "t10k-labels-idx1-ubyte.gz")[:300]
+    nchw, nhwc = images[:150, None], images[150:, ..., None]
+    path = report.image_grid({"random": (nchw, labels[:150]), "herding": (nhwc, labels[150:])}, 3,
+                             tmp_path / "grid.png", class_names=[f"class {i}" for i in range(10)])
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 300 and im.height > 300
+    mosaic = class_mosaic(nchw, labels[:150], list(range(10)), per_class=3)
+    assert mosaic.shape == (10 * 28, 3 * 28, 1)
+    second_bag = int(np.flatnonzero(labels[:150] == 8)[1])  # class 8 (bag), its second image
+    assert (mosaic[8 * 28:9 * 28, 28:56, 0] == images[second_bag]).all()
+    only_one = class_mosaic(images[:1], labels[:1], [int(labels[0])], per_class=2)
+    assert only_one[:, 28:].max() == 0  # a class with fewer images leaves black tiles
+    with pytest.raises(OrchestratorError, match="uint8"):
+        report.image_grid({"x": (images.astype(np.float32), labels)}, 2, tmp_path / "bad.png")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from ray.train import Checkpoint
 
 from orchestrator.config import load_config
 from trainers.loop import STATE_FILE, History, build_training_state, save_state
@@ -15,15 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def checkpoint(tmp_path) -> Checkpoint:
-    """A real checkpoint after one AdamW step of a small student on the CPU."""
+def checkpoint(tmp_path) -> Path:
+    """A real checkpoint folder after one AdamW step of a small student on the CPU."""
     config = load_config(REPO / "configs" / "fmnist-hard.yaml", {"model.name": "resnet18_small"})
     model, optimizer, scheduler, _ = build_training_state(config, 10, torch.device("cpu"), None)
     model(torch.randn(4, 1, 28, 28)).sum().backward()
     optimizer.step()
     scheduler.step()
     save_state(tmp_path, model, optimizer, scheduler, History(epochs_done=1, optimizer_steps=4), final=False)
-    return Checkpoint.from_directory(str(tmp_path))
+    return tmp_path
 
 
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
@@ -47,15 +46,14 @@ def test_restored_optimizer_state_lives_on_the_parameters_device(checkpoint):
 
 def test_checkpoint_is_loaded_as_weights_only(checkpoint, tmp_path):
     """A state file that would run code when unpickled is refused (shared cluster storage)."""
-    with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, weights_only=True)
+    state = torch.load(checkpoint / STATE_FILE, weights_only=True)
     state["history"]["evil"] = Exploit()
     bad = tmp_path / "bad"
     bad.mkdir()
     torch.save(state, bad / STATE_FILE)
     config = load_config(REPO / "configs" / "fmnist-hard.yaml", {"model.name": "resnet18_small"})
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
-        build_training_state(config, 10, torch.device("cpu"), Checkpoint.from_directory(str(bad)))
+        build_training_state(config, 10, torch.device("cpu"), bad)
 
 
 class Exploit:

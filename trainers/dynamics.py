@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import torch
 
 from orchestrator.errors import DataError
+from orchestrator.files import write_text
 
 SCHEMA = pa.schema(
     [
@@ -320,9 +321,7 @@ def write_manifest(dyn_dir: Path, *, epochs: int, num_samples: int, key: str) ->
             "epoch": epoch, "rows": pq.ParquetFile(path).metadata.num_rows, "sha256": _sha256(path)}
     manifest = {"version": MANIFEST_VERSION, "key": key, "epochs": epochs, "num_samples": num_samples,
                 "files": files}
-    tmp = dyn_dir / f".{MANIFEST_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, dyn_dir / MANIFEST_FILE)
+    write_text(dyn_dir / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 

@@ -14,7 +14,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,9 @@ from trainers.batches import MemoryBatches, augment_settings, stream_steps
 from trainers.evaluate import evaluate
 from trainers.losses import compute_loss
 from trainers.mix import build_mixup, mix_batch
-from trainers.models import create_student, load_teacher
+from trainers.models import create_student, load_teacher, unwrap_model
 from trainers.optim import build_optimizer, build_scheduler
+from trainers.reporting import placement
 
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "summary.json"
@@ -62,22 +62,18 @@ def seed_everything(seed: int, epoch: int, rank: int) -> None:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
     config = config_from_dict(loop_config["config"])
     quiet_ray_train_logs()
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    where = placement(loop_config, keep=config.train.keep_checkpoints)
+    rank, world, device = where.rank, where.world, where.device
     torch.use_deterministic_algorithms(True, warn_only=True)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
 
     num_classes = loop_config["num_classes"]
-    model, optimizer, scheduler, history = build_training_state(config, num_classes, device,
-                                                                ray.train.get_checkpoint())
-    model = ray.train.torch.prepare_model(model)
+    with where.latest() as checkpoint_dir:
+        model, optimizer, scheduler, history = build_training_state(config, num_classes, device, checkpoint_dir)
+    model = where.prepare_model(model)
     teacher = None
     if config.label_mode == "soft":
         teacher = load_teacher(loop_config["teacher"], num_classes=num_classes, in_chans=config.in_chans,
@@ -88,8 +84,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     logger = MetricLogger(loop_config, rank)
     dynamics = open_dynamics(loop_config, rank)
 
-    epoch_steps = training_steps(loop_config, config, rank, world)
-    val_source = validation_batches(loop_config, config)
+    epoch_steps = training_steps(loop_config, config, where)
+    val_source = validation_batches(loop_config, config, where)
     epochs = config.schedule.epochs
     attempt_start = time.perf_counter()
     for epoch in range(history.epochs_done, epochs):
@@ -101,6 +97,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                                  device, dynamics)
         samples = samples if samples is not None else seen * world
         if not math.isfinite(loss):
+            logger.flush()
             logger.fail(f"diverged: training loss {loss} at epoch {epoch + 1}")
             raise FloatingPointError(f"cell {logger.label} diverged: training loss is {loss} at epoch "
                                      f"{epoch + 1}. Fix: lower optim.lr (now {config.optim.lr}) or check the data")
@@ -120,10 +117,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if evaluation:
             metrics["val/eval_s"] = time.perf_counter() - eval_start
         logger.log(epoch, metrics, history, epochs)
+        if checkpoint_due(config, epoch) or evaluation:
+            logger.flush()  # MLflow gets the epochs in batches, always up to the checkpoint being written
         if dynamics is not None:
             dynamics.end_epoch()
         reported = {**metrics, "epoch": epoch + 1, "val/top1": history.last_eval.get("top1", 0.0)}
-        report(config, epoch, reported, history, model, optimizer, scheduler, rank)
+        report(config, epoch, reported, history, model, optimizer, scheduler, rank, where)
     if dynamics is not None:
         dynamics.close()
 
@@ -137,8 +136,8 @@ def quiet_ray_train_logs() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
-def build_training_state(config: Config, num_classes: int, device, checkpoint):
-    """Student, optimizer, schedule and history, on `device`, restored from `checkpoint` if any.
+def build_training_state(config: Config, num_classes: int, device, checkpoint_dir: Path | None):
+    """Student, optimizer, schedule and history, on `device`, restored from `checkpoint_dir` if any.
 
     The model moves to its device before the optimizer exists, so a restored optimizer state is
     cast to the parameters' device (a GPU resume would otherwise step CUDA weights with CPU state).
@@ -150,30 +149,29 @@ def build_training_state(config: Config, num_classes: int, device, checkpoint):
                                 weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
     scheduler = build_scheduler(optimizer, epochs=config.schedule.epochs,
                                 warmup_epochs=config.schedule.warmup_epochs)
-    return model, optimizer, scheduler, restore(checkpoint, model, optimizer, scheduler)
+    return model, optimizer, scheduler, restore(checkpoint_dir, model, optimizer, scheduler)
 
 
-def training_steps(loop_config: dict, config: Config, rank: int, world: int):
+def training_steps(loop_config: dict, config: Config, where):
     """epoch -> (this rank's optimizer steps, global views of the epoch or None when streaming).
 
     A set the driver put in the object store is shuffled whole per epoch; a larger set streams
     from this rank's Ray Data shard (docs/protocol.md §Batch and shuffle).
     """
     import ray
-    import ray.train
 
     augment = augment_settings(config)
-    sizes = {"batch_size": config.train.batch_size, "world": world, "accum": config.train.grad_accum}
+    sizes = {"batch_size": config.train.batch_size, "world": where.world, "accum": config.train.grad_accum}
     grid = tiles_per_image(config)
     arrays_ref = loop_config.get("train_arrays")
     if arrays_ref is None:
-        shard = ray.train.get_dataset_shard("train")
+        shard = where.dataset_shard("train")
         return lambda epoch: (stream_steps(shard, epoch, grid=grid, tile_views=tile_views(config), augment=augment,
                                            shuffle_buffer=config.train.shuffle_buffer, **sizes), None)
     memory = MemoryBatches(ray.get(arrays_ref), grid=grid, tile_views=tile_views(config), augment=augment)
 
     def epoch_steps(epoch: int):
-        steps, counts = memory.steps(epoch, rank=rank, **sizes)
+        steps, counts = memory.steps(epoch, rank=where.rank, **sizes)
         return steps, counts.samples
 
     return epoch_steps
@@ -225,16 +223,15 @@ def tile_views(config: Config) -> str:
     return config.prune.pca_views
 
 
-def validation_batches(loop_config: dict, config: Config):
+def validation_batches(loop_config: dict, config: Config, where):
     """() -> iterable of (images, labels): the transformed validation set, from memory when the
     driver put it in the object store, else from this worker's Ray Data shard."""
     import ray
-    import ray.train
 
     size = config.eval.batch_size
     arrays_ref = loop_config.get("val_arrays")
     if arrays_ref is None:
-        shard = ray.train.get_dataset_shard("val")
+        shard = where.dataset_shard("val")
         return lambda: ((b["image"], b["label"]) for b in val_batches(shard, batch_size=size))
     arrays = ray.get(arrays_ref)
     images, labels = torch.from_numpy(np.array(arrays["image"])), torch.from_numpy(np.array(arrays["label"]))
@@ -257,26 +254,21 @@ def maybe_evaluate(config: Config, model, batches, epoch: int, num_classes: int,
 
 
 def report(config: Config, epoch: int, metrics: dict, history: History, model, optimizer, scheduler,
-           rank: int) -> None:
+           rank: int, where) -> None:
     """Every rank reports each epoch; rank 0 attaches a checkpoint every K epochs and at the end."""
-    import ray.train
-
     last = epoch + 1 == config.schedule.epochs
-    due = last or (epoch + 1) % config.train.checkpoint_every == 0
-    if not (due and rank == 0):
-        ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_state(Path(tmp), model, optimizer, scheduler, history, final=last)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    write = None
+    if checkpoint_due(config, epoch) and rank == 0:
+        write = lambda directory: save_state(directory, model, optimizer, scheduler, history, final=last)  # noqa: E731
+    where.report(metrics, epoch, write)
 
 
-def unwrap(model):
-    return model.module if hasattr(model, "module") else model
+def checkpoint_due(config: Config, epoch: int) -> bool:
+    return epoch + 1 == config.schedule.epochs or (epoch + 1) % config.train.checkpoint_every == 0
 
 
 def save_state(directory: Path, model, optimizer, scheduler, history: History, final: bool) -> None:
-    torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+    torch.save({"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history.__dict__},
                directory / STATE_FILE)
     (directory / SUMMARY_FILE).write_text(json.dumps({**summarize(history), "final": final}))
@@ -293,12 +285,11 @@ def summarize(history: History) -> dict:
             "optimizer_steps": history.optimizer_steps, "prior_wall_seconds": history.prior_wall_seconds}
 
 
-def restore(checkpoint, model, optimizer, scheduler) -> History:
+def restore(checkpoint_dir: Path | None, model, optimizer, scheduler) -> History:
     """Load weights, optimizer, schedule and history from the last checkpoint, if any."""
-    if checkpoint is None:
+    if checkpoint_dir is None:
         return History()
-    with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -329,6 +320,7 @@ class MetricLogger:
 
             self.client = MlflowClient(loop_config["mlflow_uri"])
         self.logged_through = self.last_logged_epoch()
+        self.pending: list = []
 
     def last_logged_epoch(self) -> int:
         """The last epoch an earlier attempt of this run logged (-1 if none).
@@ -346,15 +338,21 @@ class MetricLogger:
             self.client.set_tag(self.run_id, "failure", reason)
 
     def log(self, epoch: int, metrics: dict, history: History, epochs: int) -> None:
+        """Print the epoch's progress line; its metrics wait for the next `flush`."""
         if not self.enabled:
             return
         if self.client is not None and epoch > self.logged_through:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[
-                Metric(key, float(value), now, epoch) for key, value in metrics.items()])
+            self.pending += [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
         console(progress_line(self.label, epoch, epochs, metrics, history))
+
+    def flush(self) -> None:
+        """One MLflow call for the epochs logged since the last flush (MLflow takes <= 1000 a call)."""
+        for start in range(0, len(self.pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
+        self.pending = []
 
 
 def console(line: str) -> None:

@@ -1,7 +1,8 @@
 """Student and teacher networks: timm registrations, student construction, teacher files.
 
-Owns the two small-image architectures registered in timm's registry (``convnet3``, the
-dataset-distillation evaluator ConvNet-3, and ``resnet18_small``, timm's resnet18 with a
+Owns the small-image architectures registered in timm's registry (``convnet3``, the
+dataset-distillation evaluator ConvNet-3; ``convnet3_bn`` / ``convnet3_bn_w32``, the same with
+BatchNorm, the SRe2L/CDA/RDED teacher; and ``resnet18_small``, timm's resnet18 with a
 CIFAR-style stem), ``create_student`` (any timm model by name) and the teacher file format
 written by ``save_teacher`` and read by ``load_teacher`` / ``teacher_meta``.
 Importing this module is enough for ``timm.create_model('convnet3', ...)`` to work.
@@ -57,6 +58,8 @@ default_cfgs = generate_default_cfgs(
         # fixed_input_size tells timm (and create_student) that the model takes img_size.
         "convnet3": _cfg(first_conv="features.0.conv", fixed_input_size=True),
         "convnet3_w32": _cfg(first_conv="features.0.conv", fixed_input_size=True),
+        "convnet3_bn": _cfg(first_conv="features.0.conv", fixed_input_size=True),
+        "convnet3_bn_w32": _cfg(first_conv="features.0.conv", fixed_input_size=True),
         "resnet18_small": _cfg(),
     }
 )
@@ -70,12 +73,16 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 class ConvBlock(nn.Module):
-    """conv3x3 -> instance norm (GroupNorm with one group per channel) -> ReLU -> AvgPool2d(2)."""
+    """conv3x3 -> norm -> ReLU -> AvgPool2d(2).
 
-    def __init__(self, in_chans: int, width: int) -> None:
+    norm "instance": GroupNorm with one group per channel (the DD evaluator's instancenorm);
+    "batch": BatchNorm2d (the DD literature's ConvNetBN; SRe2L-style recovery needs its running stats).
+    """
+
+    def __init__(self, in_chans: int, width: int, norm: str = "instance") -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_chans, width, kernel_size=3, padding=1)
-        self.norm = nn.GroupNorm(width, width, affine=True)
+        self.norm = nn.BatchNorm2d(width) if norm == "batch" else nn.GroupNorm(width, width, affine=True)
         self.act = nn.ReLU(inplace=True)
         self.pool = nn.AvgPool2d(2)
 
@@ -93,13 +100,14 @@ class ConvNet(nn.Module):
         img_size: int | tuple[int, int] = 32,
         width: int = 128,
         depth: int = 3,
+        norm: str = "instance",
     ) -> None:
         super().__init__()
         height, wide = _pair(img_size)
         feat_h, feat_w = height // 2**depth, wide // 2**depth
         if feat_h < 1 or feat_w < 1:
             raise ConfigError(f"convnet: img_size {img_size} is too small for depth {depth} (needs >= {2**depth})")
-        blocks = [ConvBlock(in_chans if index == 0 else width, width) for index in range(depth)]
+        blocks = [ConvBlock(in_chans if index == 0 else width, width, norm) for index in range(depth)]
         self.features = nn.Sequential(*blocks)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -161,6 +169,22 @@ def convnet3_w32(pretrained: bool = False, **kwargs: Any) -> ConvNet:
     _reject_pretrained("convnet3_w32", pretrained)
     kwargs.update(depth=3, width=32)
     return build_model_with_cfg(ConvNet, "convnet3_w32", pretrained=False, **kwargs)
+
+
+@register_model
+def convnet3_bn(pretrained: bool = False, **kwargs: Any) -> ConvNet:
+    """ConvNet-3 (width 128) with BatchNorm2d: the DD literature's ConvNetBN, a BN teacher for SRe2L/CDA."""
+    _reject_pretrained("convnet3_bn", pretrained)
+    kwargs.update(depth=3, norm="batch")
+    return build_model_with_cfg(ConvNet, "convnet3_bn", pretrained=False, **kwargs)
+
+
+@register_model
+def convnet3_bn_w32(pretrained: bool = False, **kwargs: Any) -> ConvNet:
+    """ConvNet-3 of width 32 with BatchNorm2d: the distillation teacher cheap enough for CPUs."""
+    _reject_pretrained("convnet3_bn_w32", pretrained)
+    kwargs.update(depth=3, width=32, norm="batch")
+    return build_model_with_cfg(ConvNet, "convnet3_bn_w32", pretrained=False, **kwargs)
 
 
 @register_model

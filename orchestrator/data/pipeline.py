@@ -1,13 +1,19 @@
 """Ray Data side of a cell: parquet (benchmark schema) -> decoded / transformed Ray Datasets.
 
-Training images are decoded once (uint8 HWC); a set small enough is collected into numpy arrays
-(`decoded_arrays`) that the cell hands to every worker, a larger one streams as a Ray Dataset. The
-per-epoch shuffle and augmentation run in the worker (`trainers.batches`). Validation images are
-decoded and transformed once.
+Training images are decoded once (uint8 HWC); a set small enough is held as numpy arrays that the
+cell hands to every worker, a larger one streams as a Ray Dataset. The per-epoch shuffle and
+augmentation run in the worker (`trainers.batches`). Validation images are decoded and transformed
+once; a validation set that fits in memory is cached on disk beside its parquet file, so later
+cells load it instead of decoding it again.
+
+Where decoding runs: a set of at most DRIVER_DECODE_ROWS images decodes in the calling process
+(starting Ray Data tasks costs more than decoding a few thousand small images); a larger one
+decodes in parallel Ray Data tasks across the cluster.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from functools import partial
 from pathlib import Path
@@ -16,10 +22,13 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from orchestrator.files import atomic_path
+
 MATERIALIZE_LIMIT_BYTES = 2 * 1024**3  # decoded size under which a dataset is kept in memory
 # Fractional CPUs for Ray Data tasks: decoding never waits for a whole free core while trials and
 # Train workers (or a placement group ASHA left behind) hold fractions of a small machine.
 DATA_TASK_CPUS = 0.25
+DRIVER_DECODE_ROWS = 20_000  # sets up to this many images decode in-process, larger ones in Ray Data tasks
 
 
 def open_image(cell, mode: str) -> Image.Image:
@@ -99,14 +108,66 @@ def collect_arrays(dataset, columns: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def decoded_arrays(dataset) -> dict[str, np.ndarray]:
-    """A decoded training set as numpy arrays {"image", "label", "key"}, rows sorted by key.
+    """A decoded training Ray Dataset as numpy arrays {"image", "label", "key"}, rows sorted by key."""
+    return sorted_by_key(collect_arrays(dataset, ("image", "label", "key")))
 
-    Small compressed sets are handed to the workers whole (through the object store), so every
-    rank can draw its part of one uniform shuffle of the whole set (trainers.batches).
-    """
-    arrays = collect_arrays(dataset, ("image", "label", "key"))
+
+def sorted_by_key(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows in key order: every rank then draws its part of one uniform shuffle of the whole set."""
     order = np.argsort(arrays["key"], kind="stable")
     return {name: np.ascontiguousarray(value[order]) for name, value in arrays.items()}
+
+
+def read_columns(path: Path) -> dict[str, list]:
+    """The benchmark columns of a split's parquet file(s), read in this process."""
+    import pyarrow.parquet as pq
+
+    columns = ["image", "class_id", "index"] if _has_index(path) else ["image", "class_id"]
+    table = pq.read_table(str(path), columns=columns)
+    return {name: table.column(name).to_pylist() for name in columns}
+
+
+def training_arrays(path: Path, *, mode: str, num_rows: int, image_size: int) -> dict[str, np.ndarray] | None:
+    """The decoded training set held whole {"image", "label", "key"}, or None when it must stream.
+
+    Small compressed sets go to the workers once, through the object store (docs/protocol.md
+    §Batch and shuffle); only a set too large to hold streams from Ray Data shards.
+    """
+    if not fits_in_memory(num_rows, image_size=image_size, mode=mode):
+        return None
+    if num_rows > DRIVER_DECODE_ROWS:
+        return decoded_arrays(train_dataset(path, mode=mode, num_rows=num_rows, image_size=image_size))
+    columns = read_columns(path)
+    columns.setdefault("index", list(range(num_rows)))
+    return sorted_by_key(decode_train_batch(columns, mode=mode, size=image_size))
+
+
+def validation_arrays(path: Path, *, mode: str, num_rows: int, resize: int, crop: int, mean, std
+                      ) -> dict[str, np.ndarray] | None:
+    """The transformed validation set {"image" float32 NCHW, "label"}, or None when it must stream.
+
+    Cached beside the split's parquet file (whose folder is named by the set's fingerprint) under
+    a name of the transform, so only the first cell of a machine pays for decoding it.
+    """
+    if not fits_in_memory(num_rows, image_size=crop, mode=mode, bytes_per_value=4):
+        return None
+    transform = f"{mode}-{resize}-{crop}-{tuple(mean)}-{tuple(std)}"
+    cache = Path(path).parent / f"views-{hashlib.sha256(transform.encode()).hexdigest()[:12]}.npz"
+    if cache.exists():
+        with np.load(cache) as stored:
+            return {"image": stored["image"], "label": stored["label"]}
+    if num_rows > DRIVER_DECODE_ROWS:
+        dataset = val_dataset(path, mode=mode, num_rows=num_rows, resize=resize, crop=crop, mean=mean, std=std)
+        arrays = collect_arrays(dataset, ("image", "label"))
+    else:
+        arrays = decode_val_batch(read_columns(path), mode=mode, resize=resize, crop=crop, mean=mean, std=std)
+    write_npz(cache, arrays)
+    return arrays
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def val_batches(shard, *, batch_size: int) -> Iterator[dict]:

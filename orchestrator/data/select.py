@@ -8,9 +8,7 @@ identifies the exact image list of a split, and writing a split in the benchmark
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import uuid
 from pathlib import Path
 
 import datasets
@@ -19,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from orchestrator.errors import ConfigError, DataError
+from orchestrator.files import atomic_path
 
 SCHEMA_COLUMNS = ("image", "class_id", "sample_id")
 BENCHMARK_FEATURES = datasets.Features(
@@ -192,13 +191,7 @@ def _row_group_size(table: pa.Table) -> int:
 
 def write_parquet(ds: datasets.Dataset, path: Path) -> Path:
     """Write `ds` in the benchmark schema to `path` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = to_benchmark_table(ds)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp, row_group_size=_row_group_size(table))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)

@@ -1,0 +1,297 @@
+"""Distilled training sets made here: SRe2L, CDA and RDED as benchmark methods, cached; the `distill` verb.
+
+    python -m orchestrator distill --config configs/fmnist-hard.yaml --method sre2l --ipc 10 [--seed S]
+
+Owns the plumbing around ``trainers.distill`` (docs/protocol.md §Distillation): the BatchNorm
+teacher (the teacher recipe with ``teacher.model = distill.teacher_model``, trained by the teacher
+machinery and cached under its own artifact key), the generation of exactly IPC images per class,
+and the cache. A set is stored once under
+``<data_root>/distilled/<method>-ipc<N>-s<seed>-<key>/`` (``data.parquet`` in the benchmark schema
+plus ``manifest.json``: method, settings, teacher key, seed, IPC, generation seconds, images,
+device), where the key hashes everything that made it; the folder appears atomically (written
+beside it, then renamed) under a file lock, so a cached set is reused and never half read.
+``DISTILL_METHODS`` maps each name to its ``(config, dataset) -> datasets.Dataset`` method;
+``orchestrator.methods`` registers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from functools import partial
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+
+from orchestrator.config import Config, replace
+from orchestrator.data.select import BENCHMARK_FEATURES, class_id_array, fingerprint, per_class_indices, write_parquet
+from orchestrator.data.sources import dataset_from_table, load_source
+from orchestrator.errors import ConfigError, DataError
+from orchestrator.locks import file_lock
+from orchestrator.teachers import TEACHER_FIX, read_teacher_meta, teacher_key, teacher_path
+
+DISTILL_NAMES = ("sre2l", "cda", "rded")
+DISTILL_VERSION = 1
+DATA_FILE = "data.parquet"
+MANIFEST_FILE = "manifest.json"
+DISTILLED_FEATURES = datasets.Features({**BENCHMARK_FEATURES, "index": datasets.Value("int64")})
+
+
+# ---------------------------------------------------------------- teacher
+
+
+def distill_teacher_config(config: Config) -> Config:
+    """The config whose teacher is the distillation teacher: the teacher recipe with distill.teacher_model."""
+    return replace(config, {"teacher.model": config.distill.teacher_model, "teacher.source": "auto"})
+
+
+def distill_teacher_key(config: Config) -> str:
+    return teacher_key(distill_teacher_config(config))
+
+
+def ensure_distill_teacher(config: Config) -> Path:
+    """The BN teacher's file, trained first (teacher machinery, score run 0) when it is missing or stale."""
+    teacher_config = distill_teacher_config(config)
+    path, key = teacher_path(teacher_config), teacher_key(teacher_config)
+    if path.is_file() and read_teacher_meta(path).get("teacher_key") == key:
+        return path
+    from orchestrator.teacher_job import train_score_run  # lazy: teacher_job -> cell -> methods -> here
+
+    print(f"training the distillation teacher {config.distill.teacher_model} (key {key}) first", flush=True)
+    train_score_run(teacher_config, 0)
+    if not path.is_file():
+        raise ConfigError(f"the distillation teacher was not registered at {path}. Fix: {TEACHER_FIX}")
+    return path
+
+
+def load_distill_teacher(config: Config, num_classes: int, device):
+    from trainers.models import load_teacher
+
+    path = ensure_distill_teacher(config)
+    return load_teacher(str(path), num_classes=num_classes, in_chans=config.in_chans,
+                        img_size=config.data.image_size, device=device)
+
+
+def distill_device(config: Config) -> str:
+    """CUDA when this process sees a GPU and train.use_gpu allows it, else CPU."""
+    import torch
+
+    return "cuda" if config.train.use_gpu is not False and torch.cuda.is_available() else "cpu"
+
+
+# ---------------------------------------------------------------- key and cache
+
+
+def method_settings(config: Config, method: str) -> dict:
+    """The distill settings that shape `method`'s images (what its cache key hashes)."""
+    d = config.distill
+    if method == "rded":
+        return {"grid": d.rded_grid, "candidates": d.rded_candidates, "pool": d.rded_pool}
+    settings = {"iterations": d.iterations, "lr": d.lr, "r_bn": d.r_bn, "first_bn_multiplier": d.first_bn_multiplier,
+                "jitter": d.jitter, "crop_scale": list(d.crop_scale), "batch": d.batch}
+    if method == "cda":
+        settings.update(cda_mode=d.cda_mode, cda_milestone=d.cda_milestone)
+    return settings
+
+
+def distilled_dir(config: Config, method: str, ipc: int) -> Path:
+    """`<data_root>/distilled/<method>-ipc<N>-s<seed>-<key>`: the key covers settings, teacher and storage."""
+    recipe = {"method": method, "ipc": ipc, "seed": config.seed, "settings": method_settings(config, method),
+              "teacher_key": distill_teacher_key(config), "image_size": config.data.image_size,
+              "mode": config.data.mode, "mean": list(config.data.mean), "std": list(config.data.std),
+              "version": DISTILL_VERSION}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return config.data_root / "distilled" / f"{method}-ipc{ipc}-s{config.seed}-{key}"
+
+
+def read_distilled(folder: Path) -> datasets.Dataset:
+    """A cached set in the benchmark schema with its `index` column (position in the set)."""
+    dataset = dataset_from_table(pq.read_table(folder / DATA_FILE))
+    return dataset.add_column("index", np.arange(len(dataset), dtype=np.int64))
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((folder / MANIFEST_FILE).read_text())
+
+
+def distilled_set(config: Config, source_dataset: datasets.Dataset, method: str | None = None) -> datasets.Dataset:
+    """Exactly IPC distilled images per class (`method`, default data.method), from the cache or made now.
+
+    `source_dataset` is the full training set (RDED crops its images; all methods take its classes).
+    """
+    method = method or config.data.method
+    if method not in DISTILL_NAMES:
+        raise ConfigError(f"'{method}' is not a distillation method: choose one of {list(DISTILL_NAMES)}")
+    ipc = config.data.ipc
+    if ipc is None:
+        raise ConfigError(f"method '{method}' needs an IPC: pass --ipc N")
+    folder = distilled_dir(config, method, ipc)
+    with file_lock(folder.parent / f".{folder.name}.lock", f"distilled set {folder.name}"):
+        if not (folder / MANIFEST_FILE).is_file():
+            generate(config, source_dataset, method, ipc, folder)
+    return read_distilled(folder)
+
+
+def generate(config: Config, source_dataset: datasets.Dataset, method: str, ipc: int, folder: Path) -> None:
+    """Make the set, then write data + manifest into a temporary folder renamed to `folder`."""
+    num_classes = int(class_id_array(source_dataset).max()) + 1
+    device = distill_device(config)
+    teacher = load_distill_teacher(config, num_classes, device)
+    started = time.perf_counter()
+    images, labels, extra = GENERATORS[method](config, teacher, source_dataset, ipc, num_classes, device)
+    seconds = time.perf_counter() - started
+    dataset = to_dataset(images, labels, method, config.data.mode)
+    manifest = {"kind": "rethinkdc-distilled", "version": DISTILL_VERSION, "method": method, "ipc": ipc,
+                "seed": config.seed, "settings": method_settings(config, method),
+                "teacher_key": distill_teacher_key(config), "teacher_model": config.distill.teacher_model,
+                "generation_seconds": round(seconds, 3), "images": len(dataset), "device": device,
+                "num_classes": num_classes, "fingerprint": fingerprint(dataset), **extra}
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write_parquet(dataset, tmp / DATA_FILE)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(folder, ignore_errors=True)  # a folder without its manifest is not a set
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def to_dataset(images: np.ndarray, labels: np.ndarray, method: str, mode: str) -> datasets.Dataset:
+    """uint8 NCHW images -> benchmark rows: PNG bytes, class_id, sample_id '<method>/<class>/<k>'."""
+    counts: dict[int, int] = {}
+    rows = {"image": [], "class_id": [], "sample_id": [], "index": []}
+    for position, (pixels, label) in enumerate(zip(images, labels.tolist())):
+        array = pixels[0] if mode == "L" else np.transpose(pixels, (1, 2, 0))
+        rows["image"].append({"bytes": png_bytes(array, mode), "path": None})
+        rows["class_id"].append(label)
+        rows["sample_id"].append(f"{method}/{label}/{counts.get(label, 0)}")
+        rows["index"].append(position)
+        counts[label] = counts.get(label, 0) + 1
+    return datasets.Dataset.from_dict(rows, features=DISTILLED_FEATURES)
+
+
+def png_bytes(pixels: np.ndarray, mode: str) -> bytes:
+    """Lossless PNG of one uint8 HW (grey) or HWC (RGB) image."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- generators
+
+
+def recover_settings(config: Config):
+    from trainers.distill import RecoverSettings
+
+    d = config.distill
+    return RecoverSettings(iterations=d.iterations, lr=d.lr, r_bn=d.r_bn, first_bn_multiplier=d.first_bn_multiplier,
+                           jitter=d.jitter, crop_scale=tuple(d.crop_scale), batch=d.batch,
+                           image_size=config.data.image_size, in_chans=config.in_chans,
+                           mean=tuple(config.data.mean), std=tuple(config.data.std))
+
+
+def cda_curriculum(config: Config):
+    """CDA's schedule of the crop's lower scale bound, iteration -> min scale."""
+    from trainers.distill import cda_min_scale
+
+    d = config.distill
+    return partial(cda_min_scale, iterations=d.iterations, mode=d.cda_mode, milestone=d.cda_milestone,
+                   low=d.crop_scale[0], high=d.crop_scale[1])
+
+
+def _recovered(config: Config, teacher, ipc: int, num_classes: int, device: str, curriculum):
+    """Recovered images ordered by class: targets are laid out ipc slot by slot, then sorted by class."""
+    from trainers.distill import recover
+
+    targets = np.tile(np.arange(num_classes), ipc)
+    images, log = recover(teacher, targets.tolist(), settings=recover_settings(config), seed=config.seed,
+                          device=device, curriculum=curriculum)
+    order = np.argsort(targets, kind="stable")
+    tenth = max(1, len(log["bn_loss"]) // 10)
+    losses = {name: {"first_tenth": float(values[:tenth].mean()), "last_tenth": float(values[-tenth:].mean())}
+              for name, values in log.items()}
+    return images[order], targets[order], {"losses": losses}
+
+
+def generate_sre2l(config: Config, teacher, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    return _recovered(config, teacher, ipc, num_classes, device, None)
+
+
+def generate_cda(config: Config, teacher, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    return _recovered(config, teacher, ipc, num_classes, device, cda_curriculum(config))
+
+
+def candidate_pool(dataset: datasets.Dataset, pool: int, seed: int, mode: str) -> tuple[np.ndarray, np.ndarray, list]:
+    """RDED's candidates: up to `pool` seeded random real images per class, decoded to uint8 NCHW."""
+    rng = np.random.default_rng([seed, pool])
+    groups = per_class_indices(class_id_array(dataset))
+    rows = np.concatenate([np.sort(rng.choice(members, size=min(pool, len(members)), replace=False))
+                           for _, members in sorted(groups.items())])
+    subset = dataset.select(rows.tolist())
+    pixels = [np.asarray(image.convert(mode)) for image in subset["image"]]
+    images = np.stack([p[None] if p.ndim == 2 else np.transpose(p, (2, 0, 1)) for p in pixels])
+    return images, class_id_array(subset), rows.tolist()
+
+
+def generate_rded(config: Config, teacher, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    from trainers.distill import rded
+
+    d = config.distill
+    images, labels, rows = candidate_pool(dataset, d.rded_pool, config.seed, config.data.mode)
+    try:
+        out, out_labels = rded(teacher, images, labels, ipc=ipc, grid=d.rded_grid,
+                               candidates_per_image=d.rded_candidates, seed=config.seed, device=device,
+                               mean=config.data.mean, std=config.data.std)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
+    return out, out_labels, {"candidate_images": len(rows)}
+
+
+GENERATORS = {"sre2l": generate_sre2l, "cda": generate_cda, "rded": generate_rded}
+
+
+def _distill_method(name: str):
+    def method(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
+        return distilled_set(config, dataset, name)
+
+    method.__name__ = f"method_{name}"
+    method.__doc__ = f"{name}: exactly IPC distilled images per class, cached (docs/protocol.md §Distillation)."
+    return method
+
+
+DISTILL_METHODS = {name: _distill_method(name) for name in DISTILL_NAMES}
+
+
+# ---------------------------------------------------------------- the verb
+
+
+def full_training_set(config: Config) -> datasets.Dataset:
+    data = config.data
+    return load_source(data.train, data.train_split, data_root=config.data_root, image_size=data.image_size,
+                       mode=data.mode, classes=data.classes).dataset
+
+
+def cmd_distill(config: Config) -> int:
+    """`distill`: write (or find) the set of data.method at data.ipc and data.seed; print where and its cost."""
+    method = config.data.method
+    if method not in DISTILL_NAMES:
+        raise ConfigError(f"distill needs --method one of {list(DISTILL_NAMES)}, got '{method}'")
+    if config.data.source_template:
+        config = replace(config, {"data.source_template": None})
+    started = time.perf_counter()
+    distilled_set(config, full_training_set(config), method)
+    folder = distilled_dir(config, method, config.data.ipc)
+    manifest = read_manifest(folder)
+    print(f"{method} IPC {manifest['ipc']} seed {manifest['seed']}: {manifest['images']} images, generated in "
+          f"{manifest['generation_seconds']:.1f} s on {manifest['device']} (teacher {manifest['teacher_key']}); "
+          f"this command {time.perf_counter() - started:.1f} s; written to {folder}")
+    return 0

@@ -1,0 +1,193 @@
+"""The report on disk and in MLflow: ``report.md`` (tables via ``DataFrame.to_markdown``), CSVs and
+the PNG (:func:`write_report`), the same text for a terminal (:func:`render_terminal`), the files
+logged back to MLflow (:func:`log_report`), and :func:`run_report`, which chains them for the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.report.ddranking import label_robust
+from orchestrator.report.plots import plot_top1_vs_ipc
+from orchestrator.report.runs import DASH, METRIC_LABELS, METRIC_UNITS, check_artifact_keys, check_metric, \
+    client, get_experiment, iter_groups, load_cell_runs
+from orchestrator.report.tables import PM, full_reference_line, paper_table, paper_table_numeric, storage_table
+
+STORAGE_HEADERS = {"image_bytes": "images", "soft_label_bytes": "soft labels", "total_bytes": "total",
+                   "train_s": "train time (mean)", "images_per_s": "images/s",
+                   "generation_s": "generation time (mean)", "generation_images": "generated images"}
+DDRANKING_NOTE = (
+    "IOR = Acc(method) − Acc(random), same protocol, labels, model and IPC; "
+    "HLR = Acc(full, hard) − Acc(method, hard); "
+    "LRS = 100·(e^α − e^−1)/(e − e^−1), α = ½·IOR − ½·HLR (as fractions). "
+    "Definitions from DD-Ranking (arXiv:2505.13300, https://github.com/NUS-HPC-AI-Lab/DD-Ranking), "
+    "computed here on mean accuracies over seeds.")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table of already formatted values (``|`` escaped, no number parsing)."""
+    cells = frame.astype(object).where(frame.notna(), DASH).astype(str)
+    cells = cells.replace({r"\|": r"\\|", "\n": " "}, regex=True)
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
+def _num(v, decimals: int = 1, signed: bool = False) -> str:
+    if pd.isna(v):
+        return DASH
+    return f"{float(v):+.{decimals}f}" if signed else f"{float(v):.{decimals}f}"
+
+
+def _label_robust_display(lr: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "protocol": lr["protocol"], "labels": lr["label_mode"], "model": lr["model"],
+        "method": lr["method"], "IPC": lr["ipc"].astype(int).astype(str),
+        "acc": lr["acc"].map(_num), "random": lr["random_acc"].map(_num),
+        "IOR ↑": lr["IOR"].map(lambda v: _num(v, signed=True)),
+        "hard acc": lr["method_hard_acc"].map(_num), "full hard": lr["full_hard_acc"].map(_num),
+        "HLR ↓": lr["HLR"].map(lambda v: _num(v, signed=True)), "LRS ↑": lr["LRS"].map(lambda v: _num(v, 2)),
+    })
+
+
+def _storage_display(sub: pd.DataFrame) -> pd.DataFrame:
+    st = storage_table(sub).drop(columns=["protocol", "label_mode", "model"])
+    st["ipc"] = st["ipc"].map(lambda v: "all" if pd.isna(v) else str(int(v))).astype(object)
+    return st.rename(columns=STORAGE_HEADERS)
+
+
+def _group_section(key: tuple[str, str, str], sub: pd.DataFrame, metric: str) -> list[str]:
+    protocol, label_mode, model = key
+    parts = [f"## {protocol} · {label_mode} labels · {model}", ""]
+    table = paper_table(sub, metric=metric)
+    if table.empty:
+        parts += ["(no cells with an IPC)", ""]
+    else:
+        table = table.rename(columns=lambda c: f"IPC {c}").reset_index()
+        parts += [f"### {METRIC_LABELS.get(metric, metric)}", "", markdown_table(table), ""]
+    full_line = full_reference_line(sub, metric)
+    if full_line:
+        parts += [full_line, ""]
+    return parts + ["### Storage and training time", "", markdown_table(_storage_display(sub)), ""]
+
+
+def render_markdown(df: pd.DataFrame, *, title: str, metric: str, image: str | None = None) -> str:
+    label = METRIC_LABELS.get(metric, metric)
+    parts = [f"# {title}", ""]
+    if df.empty:
+        return "\n".join(parts + ["No FINISHED `role=cell` runs.", ""])
+    parts += [f"{len(df)} finished cell run(s). Tables show {label} in {METRIC_UNITS.get(metric, '?')}, "
+              f"mean {PM} sample std (ddof=1) over seeds; a single seed shows the mean and `(n=1)`. "
+              "**Bold**: best mean of the IPC column.", ""]
+    for key, sub in iter_groups(df):
+        parts += _group_section(key, sub, metric)
+    lr = label_robust(df, metric=metric)
+    parts += ["## Label robustness (DD-Ranking)", ""]
+    if lr.empty:
+        parts += ["Not available: needs `random` cells (IOR) or hard-label cells plus a `full` "
+                  "hard-label run (HLR).", ""]
+    else:
+        parts += [DDRANKING_NOTE, "", markdown_table(_label_robust_display(lr)), ""]
+    if image:
+        parts += ["## Accuracy vs IPC", "", f"![{label} vs IPC]({image})", ""]
+    return "\n".join(parts)
+
+
+def render_terminal(df: pd.DataFrame, *, metric: str = "top1_final", title: str = "Benchmark report") -> str:
+    """The report's markdown tables as plain text, for printing."""
+    return render_markdown(df, title=title, metric=metric)
+
+
+def _group_slug(key: tuple[str, str, str]) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(key)).strip("-") or "group"
+
+
+def write_report(df: pd.DataFrame, out_dir: Path, *, metric: str = "top1_final",
+                 title: str = "Benchmark report") -> dict[str, Path]:
+    """Write ``report.md``, ``table_<group>.csv`` per group, ``top1_vs_ipc.png`` (and
+    ``label_robust.csv`` / ``storage.csv`` when they have rows) into ``out_dir``.
+
+    Returns ``{file name: path}``. Each ``table_<group>.csv`` is :func:`paper_table_numeric` (long
+    format: method, ipc, mean, std, n, best), ``<group>`` being ``protocol_labelmode_model``.
+    """
+    check_metric(df, metric)
+    check_artifact_keys(df)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot_top1_vs_ipc(df, out_dir / "top1_vs_ipc.png", metric=metric)
+    tables = {f"table_{_group_slug(key)}.csv": paper_table_numeric(sub, metric=metric)
+              for key, sub in iter_groups(df)}
+    tables["label_robust.csv"] = label_robust(df, metric=metric)
+    tables["storage.csv"] = storage_table(df, human=False)
+    paths: dict[str, Path] = {}
+    for name, table in tables.items():
+        if name.startswith("table_") or not table.empty:
+            table.to_csv(out_dir / name, index=False)
+            paths[name] = out_dir / name
+    (out_dir / "report.md").write_text(render_markdown(df, title=title, metric=metric, image=png.name),
+                                       encoding="utf-8")
+    paths["report.md"] = out_dir / "report.md"
+    paths[png.name] = png
+    return paths
+
+
+def _attach_run(mlflow_client, exp, parent_run_id: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow_client.get_run(parent_run_id)
+    except MlflowException as e:
+        raise OrchestratorError(f"run {parent_run_id!r} not found at {mlflow_client.tracking_uri}: cannot "
+                                "attach the report to it") from e
+    if run.info.experiment_id != exp.experiment_id:
+        raise OrchestratorError(f"run {parent_run_id!r} belongs to experiment id {run.info.experiment_id}, "
+                                f"not {exp.name!r} (id {exp.experiment_id})")
+    return parent_run_id
+
+
+def log_report(tracking_uri: str, experiment: str, paths: Mapping[str, Path] | Iterable[Path],
+               parent_run_id: str | None = None) -> str:
+    """Log the report files as artifacts under ``report/``; returns the run id used.
+
+    With ``parent_run_id`` the files go to that run (which must exist); otherwise a new run named
+    ``report`` tagged ``role=report`` is created in ``experiment`` and marked FINISHED.
+    """
+    files = list(paths.values()) if isinstance(paths, Mapping) else list(paths)
+    missing = [str(p) for p in files if not Path(p).is_file()]
+    if missing:
+        raise OrchestratorError(f"report files not found: {', '.join(missing)}")
+    mlflow_client = client(tracking_uri)
+    exp = get_experiment(mlflow_client, experiment)
+    if parent_run_id:
+        run_id = _attach_run(mlflow_client, exp, parent_run_id)
+    else:
+        run_id = mlflow_client.create_run(exp.experiment_id, run_name="report", tags={"role": "report"}).info.run_id
+    try:
+        for p in files:
+            mlflow_client.log_artifact(run_id, str(p), artifact_path="report")
+    except Exception:
+        if not parent_run_id:
+            mlflow_client.set_terminated(run_id, status="FAILED")
+        raise
+    if not parent_run_id:
+        mlflow_client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def run_report(tracking_uri: str, experiment: str, out_dir: Path, log: bool = True, *,
+               parent_run_id: str | None = None, metric: str = "top1_final") -> dict[str, Path]:
+    """Load the experiment's finished cells, write the report into ``out_dir``, optionally log it.
+
+    Raises :class:`OrchestratorError` when the experiment is unknown or has no finished cell runs.
+    """
+    df = load_cell_runs(tracking_uri, experiment)
+    if df.empty:
+        raise OrchestratorError(f"experiment {experiment!r} has no FINISHED runs tagged role=cell yet: "
+                                "nothing to report")
+    paths = write_report(df, Path(out_dir), metric=metric, title=f"Benchmark report: {experiment}")
+    if log:
+        log_report(tracking_uri, experiment, paths, parent_run_id)
+    return paths
