@@ -167,7 +167,8 @@ def bench_augment(ctx: BenchContext, *, images: int | None = None, batch: int = 
 
 def training_split(ctx: BenchContext):
     """The training split exactly as a cell writes it (benchmark schema + index), cached on disk."""
-    from orchestrator.methods import build_training_set, load_train_source
+    from orchestrator.method_spec import load_train_source
+    from orchestrator.methods import build_training_set
 
     overrides = {"output_dir": str(ctx.output_dir), "data.root": str(ctx.data_root),
                  "data.check_images": False}
@@ -492,11 +493,9 @@ def bench_dynamics_memory(ctx: BenchContext, *, samples: int | None = None,
 
 
 def step_settings(config) -> StepVariant:
-    """The protocol's own step switches (train.precision / channels_last / compile; fp32 eager
-    where the config does not name them)."""
+    """The protocol's own step switches: train.precision / channels_last / compile."""
     train = config.train
-    return StepVariant("protocol", getattr(train, "precision", "fp32"), getattr(train, "channels_last", False),
-                       getattr(train, "compile", False))
+    return StepVariant("protocol", train.precision, train.channels_last, train.compile)
 
 
 def bare_loop_images_per_s(config, arrays: dict) -> float:
@@ -534,13 +533,15 @@ def bare_loop_images_per_s(config, arrays: dict) -> float:
 
 
 def cell_training_arrays(config) -> dict:
-    """The decoded training set of a cell that has run (its split is cached under data.root)."""
-    from orchestrator.data.pipeline import decoded_arrays, train_dataset
-    from orchestrator.methods import build_training_set, load_train_source
+    """The decoded training set of a cell that has run (its split is cached under data.root), as
+    the cell holds it (orchestrator.data.pipeline.training_arrays)."""
+    from orchestrator.data.pipeline import training_arrays
+    from orchestrator.method_spec import load_train_source
+    from orchestrator.methods import build_training_set
 
     split = build_training_set(config, load_train_source(config))
-    return decoded_arrays(train_dataset(split.path, mode=config.data.mode, num_rows=split.num_rows,
-                                        image_size=config.data.image_size))
+    return training_arrays(split.path, mode=config.data.mode, num_rows=split.num_rows,
+                           image_size=config.data.image_size)
 
 
 def bench_cell(ctx: BenchContext) -> dict[str, Figure]:
@@ -587,9 +588,10 @@ def bench_cell(ctx: BenchContext) -> dict[str, Figure]:
 
 def views_per_epoch(config, num_classes: int) -> int:
     """Training views of one epoch: IPC x classes stored images, x grid^2 for PCA's per-tile views."""
-    from orchestrator.methods import require_ipc
+    from orchestrator.method_spec import require_ipc
+    from orchestrator.methods import tile_grid
 
-    tiles = config.prune.pca_grid ** 2 if config.data.method == "pca" and config.prune.pca_views == "tile" else 1
+    tiles = tile_grid(config) ** 2 if config.prune.pca_views == "tile" else 1
     return require_ipc(config) * num_classes * tiles
 
 
@@ -792,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator bench", description=__doc__.splitlines()[0])
     configure_parser(parser)
     parser.set_defaults(func=cmd_bench)
-    from orchestrator.cli import run_parsed
+    from orchestrator.cli_args import run_parsed
 
     return run_parsed(parser.parse_args(argv))
 

@@ -20,8 +20,8 @@ from orchestrator.data.pipeline import train_dataset, training_arrays, val_datas
 from orchestrator.data.sources import check_class_sets
 from orchestrator.errors import ConfigError
 from orchestrator.locks import one_process_per_cell
-from orchestrator.methods import PreparedSet, build_training_set, build_val_set, load_train_source, \
-    load_val_source
+from orchestrator.method_spec import load_train_source, load_val_source
+from orchestrator.methods import PreparedSet, build_training_set, build_val_set, needs_dynamics, tile_grid
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
 from trainers.reporting import latest_checkpoint
@@ -77,7 +77,7 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
         run_id = previous.info.run_id
         print(f"[{name}] resuming MLflow run {run_id}", flush=True)
     tracking.set_tags(uri, run_id, {"fingerprint": data.train.fingerprint, "status_note": "training"})
-    record_artifact_keys(uri, run_id, config, teacher)  # teacher_key / dynamics_key params
+    record_artifact_keys(uri, run_id, config, teacher, needs_dynamics(config))  # teacher_key / dynamics_key params
     try:
         summary, checkpoint_dir = fit(config, data, name, storage, uri, run_id, teacher, dynamics_dir,
                                       tune_report)
@@ -113,7 +113,7 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                            "val_arrays": ray.put(val_arrays) if val_arrays is not None else None,
                            "local_run_dir": str(storage / name) if in_process else None,
                            "local_datasets": datasets if in_process else None,
-                           "tune_report": tune_report, "use_gpu": gpu},
+                           "tune_report": tune_report, "use_gpu": gpu, "tile_grid": tile_grid(config)},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
                                      resources_per_worker=None if in_process else resources),
         run_config=RunConfig(name=name, storage_path=str(storage),

@@ -11,50 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from orchestrator.cli_args import add_config_args, config_from_args, run_parsed, use_address
 from orchestrator.errors import OrchestratorError
-
-SHORTHANDS = {"method": "data.method", "ipc": "data.ipc", "seed": "seed", "label_mode": "label_mode",
-              "model": "model.name", "epochs": "schedule.epochs", "workers": "train.workers",
-              "output_dir": "output_dir", "lr": "optim.lr", "batch_size": "train.batch_size"}
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", required=True, help="protocol YAML (configs/*.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. --set optim.lr=0.01 (repeatable)")
-    parser.add_argument("--method", help="data.method")
-    parser.add_argument("--ipc", help="data.ipc (images per class; 'null' for all)")
-    parser.add_argument("--seed", type=int, help="seed")
-    parser.add_argument("--label-mode", choices=["hard", "soft"], help="label_mode")
-    parser.add_argument("--model", help="model.name (student)")
-    parser.add_argument("--epochs", type=int, help="schedule.epochs")
-    parser.add_argument("--workers", type=int, help="train.workers (Ray Train workers; 0 = local mode)")
-    parser.add_argument("--lr", type=float, help="optim.lr")
-    parser.add_argument("--batch-size", type=int, help="train.batch_size")
-    parser.add_argument("--output-dir", help="output_dir (MLflow store, checkpoints, data cache)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-
-
-def config_from_args(args: argparse.Namespace):
-    from orchestrator.config import load_config, parse_override
-    from orchestrator.data.sources import normalisation_warning
-
-    overrides = dict(parse_override(text) for text in args.overrides)
-    for flag, dotted in SHORTHANDS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[dotted] = parse_override(f"x={value}")[1] if isinstance(value, str) else value
-    config = load_config(args.config, overrides)
-    warning = normalisation_warning(config)
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    return config
-
-
-def use_address(address: str | None) -> None:
-    """Ray is started (or joined) lazily, only once a cell really trains; --address beats RAY_ADDRESS."""
-    if address:
-        os.environ["RAY_ADDRESS"] = address
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -81,11 +39,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from orchestrator.teacher_job import train_teacher
+    from orchestrator.teacher_job import ensure_prerequisites, train_teacher
 
     config = config_from_args(args)
     use_address(args.address)
     path = train_teacher(config, force=args.force)
+    ensure_prerequisites(config)  # and any teacher the method makes its set with (distillation)
     print(f"teacher registered at {path}")
     return 0
 
@@ -93,8 +52,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from orchestrator.distill_job import cmd_distill as distill
 
+    from orchestrator.teacher_job import ensure_prerequisites
+
     config = config_from_args(args)
-    use_address(args.address)  # a missing BN teacher is trained on Ray first
+    use_address(args.address)
+    ensure_prerequisites(config)  # a missing BatchNorm teacher is trained first
     return distill(config)
 
 
@@ -245,18 +207,3 @@ def add_verbose_flag(parser: argparse.ArgumentParser, verbs) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     return run_parsed(get_args_parser().parse_args(argv))
-
-
-def run_parsed(args: argparse.Namespace) -> int:
-    """Run a parsed verb: project errors become one `error:` line and exit code 2, no traceback."""
-    from orchestrator.runtime import set_console
-
-    set_console(verbose=getattr(args, "verbose", False))
-    try:
-        return args.func(args)
-    except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished cells are kept; re-run the same command to resume", file=sys.stderr)
-        return 130

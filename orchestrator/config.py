@@ -9,7 +9,6 @@ error that names the closest valid key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import types
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, did_you_mean
 
 NONE_STRINGS = {"none", "null", "~", ""}
 
@@ -150,7 +149,7 @@ class DistillConfig:
     """
 
     teacher_model: str = "convnet3_bn_w32"  # BN teacher (squeeze) for recover and RDED scoring
-    iterations: int = 500  # recover steps per batch (SRe2L/CDA: 1000 CIFAR, 4000 ImageNet script)
+    iterations: int = 200  # recover steps per batch (SRe2L/CDA: 1000 CIFAR, 4000 ImageNet script)
     lr: float = 0.25  # Adam on the pixels, betas (0.5, 0.9), cosine to 0 (SRe2L scripts: 0.25)
     r_bn: float = 0.1  # BatchNorm-statistics loss weight (SRe2L ImageNet 0.01, CDA up to 0.25; 3 small BN layers here)
     first_bn_multiplier: float = 10.0  # extra weight on the first BN layer (SRe2L default)
@@ -315,9 +314,8 @@ def build_dataclass(cls: type, tree: Any, prefix: str) -> Any:
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
-    return f"unknown config key '{key}': {hint}"
+    hint = did_you_mean(key, valid, cutoff=0.5) or f"valid keys: {', '.join(sorted(valid))}"
+    return f"unknown config key '{key}': {hint.strip()}"
 
 
 def coerce(hint: Any, value: Any, key: str) -> Any:

@@ -35,7 +35,8 @@ from orchestrator.data.select import BENCHMARK_FEATURES, class_id_array, fingerp
 from orchestrator.data.sources import dataset_from_table, load_source
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.locks import file_lock
-from orchestrator.teachers import TEACHER_FIX, read_teacher_meta, teacher_key, teacher_path
+from orchestrator.method_spec import describe_method
+from orchestrator.teachers import resolve_teacher, teacher_key
 
 DISTILL_NAMES = ("sre2l", "cda", "rded")
 DISTILL_VERSION = 1
@@ -57,18 +58,13 @@ def distill_teacher_key(config: Config) -> str:
 
 
 def ensure_distill_teacher(config: Config) -> Path:
-    """The BN teacher's file, trained first (teacher machinery, score run 0) when it is missing or stale."""
-    teacher_config = distill_teacher_config(config)
-    path, key = teacher_path(teacher_config), teacher_key(teacher_config)
-    if path.is_file() and read_teacher_meta(path).get("teacher_key") == key:
-        return path
-    from orchestrator.teacher_job import train_score_run  # lazy: teacher_job -> cell -> methods -> here
-
-    print(f"training the distillation teacher {config.distill.teacher_model} (key {key}) first", flush=True)
-    train_score_run(teacher_config, 0)
-    if not path.is_file():
-        raise ConfigError(f"the distillation teacher was not registered at {path}. Fix: {TEACHER_FIX}")
-    return path
+    """The BN teacher's file. Sweeps, `teacher` and `distill` train it first (the method's `teachers`);
+    a cell run on its own without it gets a ConfigError naming that fix."""
+    try:
+        return Path(resolve_teacher(distill_teacher_config(config)))
+    except ConfigError as exc:
+        raise ConfigError(f"{config.data.method} makes its images with a {config.distill.teacher_model} "
+                          f"BatchNorm teacher: {exc}") from exc
 
 
 def load_distill_teacher(config: Config, num_classes: int, device):
@@ -268,7 +264,8 @@ def _distill_method(name: str):
     return method
 
 
-DISTILL_METHODS = {name: _distill_method(name) for name in DISTILL_NAMES}
+DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=lambda config: [distill_teacher_config(config)])
+                   for name in DISTILL_NAMES}
 
 
 # ---------------------------------------------------------------- the verb

@@ -1,34 +1,29 @@
 """Method registry: a method name -> the compressed training set it produces, in the benchmark schema.
 
-A method is one function `(config, source dataset) -> datasets.Dataset` and one line in METHODS.
-Every set carries an `index` column: the row's position in the source set, a stable sample key
-(augmentation seeds, training dynamics and pruning scores all refer to it).
+A method is one function `(config, source dataset) -> datasets.Dataset`, described by
+`describe_method` (what it needs and what its set holds), and one entry in METHODS. The registry
+imports the methods defined in `pca/` and `orchestrator.distill_job`; they import only
+`orchestrator.method_spec`, never this module.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import datasets
-import numpy as np
-
-from orchestrator.config import Config
-
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import pyarrow.compute as pc
-
+from orchestrator.config import Config
 from orchestrator.data.select import arrow_column, fingerprint, select_per_class, to_benchmark_table
-from orchestrator.data.sources import Source, check_images, load_source
+from orchestrator.data.sources import Source, check_images
 from orchestrator.distill_job import DISTILL_METHODS
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, did_you_mean
 from orchestrator.files import atomic_path
-
-MethodFn = Callable[[Config, datasets.Dataset], datasets.Dataset]
+from orchestrator.method_spec import MethodFn, describe_method, from_template, require_ipc, with_index
+from pca.methods import PRUNE_METHODS
 
 
 def method_full(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
@@ -46,74 +41,39 @@ def method_first(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
     return select_per_class(dataset, require_ipc(config), how="first")
 
 
-METHODS: dict[str, MethodFn] = {"full": method_full, "random": method_random, "first": method_first}
-METHODS.update(DISTILL_METHODS)  # sre2l, cda, rded: generated here (docs/protocol.md §Distillation)
-
-
-def register_method(name: str, fn: MethodFn) -> None:
-    METHODS[name] = fn
-
-
-def require_ipc(config: Config) -> int:
-    if config.data.ipc is None:
-        raise ConfigError(f"method '{config.data.method}' needs an IPC: pass --ipc N (or method full)")
-    return config.data.ipc
-
-
-def from_template(config: Config) -> bool:
-    """True when the cell's set is a published one (data.source_template) rather than made here.
-
-    `data.hub_methods` lists the methods the template provides; the others (full, PCA, ...) are
-    computed from the local training set `data.train` (e.g. an ImageNet train folder).
-    """
-    template, hub = config.data.source_template, config.data.hub_methods
-    if not template:
-        return False
-    return config.data.method in hub if hub is not None else config.data.method != "full"
+# The one table of methods: made here, pruning rules and PCA (pca/), distillation (distill_job).
+METHODS: dict[str, MethodFn] = {
+    "full": describe_method(method_full), "random": describe_method(method_random),
+    "first": describe_method(method_first), **PRUNE_METHODS, **DISTILL_METHODS,
+}
 
 
 def method_fn(config: Config) -> MethodFn:
     """Template sources (hub sets per method and IPC) take the first IPC per class; else the registry."""
     name = config.data.method
     if from_template(config):
-        return method_first
-    _load_plugins()
+        return METHODS["first"]
     if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown method '{name}': {hint}registered methods are {sorted(METHODS)}; "
+        raise ConfigError(f"unknown method '{name}': {did_you_mean(name, METHODS)}registered methods are {sorted(METHODS)}; "
                           f"for a downloaded set set data.source_template or data.train and method=first")
     return METHODS[name]
 
 
-def _load_plugins() -> None:
-    """Methods defined in pca/ register themselves on import (pruning rules, PCA)."""
-    try:
-        import pca.methods  # noqa: F401
-    except ImportError:
-        pass
+def needs_dynamics(config: Config) -> bool:
+    """Whether the cell's set is chosen by scores from training dynamics (template sets never are)."""
+    return not from_template(config) and method_fn(config).needs_dynamics
 
 
-def source_spec(config: Config) -> str:
-    if from_template(config):
-        return config.data.source_template.format(method=config.data.method, ipc=config.data.ipc)
-    return config.data.train
+def tile_grid(config: Config) -> int:
+    """The side of the tile grid of each stored image of the cell's set (PCA: prune.pca_grid; else 1)."""
+    return method_fn(config).tile_grid(config)
 
 
-def load_train_source(config: Config) -> Source:
-    return load_source(source_spec(config), config.data.train_split, data_root=config.data_root,
-                       image_size=config.data.image_size, mode=config.data.mode, classes=config.data.classes)
-
-
-def load_val_source(config: Config) -> Source:
-    return load_source(config.data.val, config.data.val_split, data_root=config.data_root,
-                       image_size=config.data.image_size, mode=config.data.mode, classes=config.data.classes)
-
-
-def with_index(dataset: datasets.Dataset) -> datasets.Dataset:
-    if "index" in dataset.column_names:
-        return dataset
-    return dataset.add_column("index", np.arange(len(dataset), dtype=np.int64))
+def method_label(config: Config) -> str:
+    """The method as tables show it: easy-first (reversed) pruning rules are their own method."""
+    method = config.data.method
+    reversed_rule = config.prune.reverse and method in METHODS and METHODS[method].reversible
+    return f"{method}-easy" if reversed_rule else method
 
 
 @dataclass(frozen=True)

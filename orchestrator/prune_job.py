@@ -14,17 +14,17 @@ no Ray is needed. Damaged or missing dynamics are a DataError with the fix befor
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 from pathlib import Path
 
 from orchestrator.config import Config, replace
 from orchestrator.data.prepare import DATASET_INFO_FILE
 from orchestrator.data.select import fingerprint, write_parquet
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, did_you_mean
 from orchestrator.files import write_text
+from orchestrator.methods import tile_grid
+from pca.methods import PRUNE_METHODS, selection_for, subset_manifest
 
-PRUNE_RULES = ("forgetting", "el2n", "aum", "ccs", "pca")
 MANIFEST_FILE = "manifest.json"
 DATA_FILE = "data.parquet"
 
@@ -34,13 +34,11 @@ def prune(config: Config, *, rule: str, ipc: int, reverse: bool = False, out_dir
 
     The default folder is ``config.out / "subsets" / "<rule>-ipc<ipc>-<fingerprint>"``.
     """
-    from orchestrator.methods import load_train_source, with_index
-    from pca.methods import selection_for, subset_manifest
+    from orchestrator.method_spec import load_train_source, with_index
 
-    if rule not in PRUNE_RULES:
-        close = difflib.get_close_matches(rule, PRUNE_RULES, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown pruning rule '{rule}': {hint}choose one of {list(PRUNE_RULES)}")
+    if rule not in list(PRUNE_METHODS):
+        raise ConfigError(f"unknown pruning rule '{rule}': {did_you_mean(rule, PRUNE_METHODS)}"
+                          f"choose one of {list(PRUNE_METHODS)}")
     config = replace(config, {"data.method": rule, "data.ipc": ipc, "prune.reverse": bool(reverse),
                               "data.source_template": None})
     source = load_train_source(replace(config, {"data.method": "full", "data.ipc": None}))
@@ -63,7 +61,7 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from orchestrator.cli import config_from_args
+    from orchestrator.cli_args import config_from_args
 
     config = config_from_args(args)
     rule = args.rule or config.data.method
@@ -75,7 +73,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     print(f"{rule} subset: {manifest['num_images']} images ({config.data.ipc} per class), "
           f"fingerprint {manifest['fingerprint']}, written to {folder}")
-    if rule == "pca":
+    if tile_grid(replace(config, {"data.method": rule})) > 1:
         print("benchmark it with --method pca (tile-constrained crops need the method; this folder is "
               "the same set, cached by fingerprint)")
     else:
@@ -85,11 +83,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def add_prune_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `prune` verb to the CLI's sub-parsers."""
-    from orchestrator.cli import add_config_args
+    from orchestrator.cli_args import add_config_args
 
     parser = subparsers.add_parser("prune", help="write a pruned (or PCA) subset with its manifest")
     add_config_args(parser)
-    parser.add_argument("--rule", help=f"pruning rule, one of {list(PRUNE_RULES)} (default: data.method)")
+    parser.add_argument("--rule", help=f"pruning rule, one of {list(PRUNE_METHODS)} (default: data.method)")
     parser.add_argument("--reverse", action="store_true",
                         help="keep the easiest samples instead of the hardest (forgetting, el2n, aum)")
     parser.add_argument("--out", help="output folder (default <output_dir>/subsets/<rule>-ipc<N>-<fingerprint>)")

@@ -121,7 +121,8 @@ def run_grid(sweep: Sweep, parent_id: str, progress: SweepProgress) -> list[dict
     tuner = tune.Tuner(
         trainable,
         param_space={"cell": tune.grid_search([to_dict(c) for c in sweep.cells]), "parent_run_id": parent_id},
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent),
+        # reuse_actors: the next cell starts in a process that has torch, timm and MLflow imported
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"sweep-{sweep.name}", storage_path=str(first.out / "tune"),
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=0,
                                   callbacks=[tune_callback(progress, trial_cell)]),

@@ -189,19 +189,25 @@ def trial_resources(cell: Config, driver_cpus: float, gpu: bool) -> dict[str, fl
     return {"CPU": max(cell.train.cpus_per_worker, driver_cpus), **({"GPU": 1} if gpu else {})}
 
 
+def placement(config: Config) -> str:
+    if config.train.workers == 0:
+        return f"in-process x{config.train.cpus_per_worker:g} CPU"
+    return f"workers={config.train.workers}x{config.train.cpus_per_worker:g} CPU"
+
+
 def describe(sweep: Sweep) -> str:
     """The `--dry-run` listing: every cell and what the sweep needs."""
     lines = [f"sweep {sweep.name}: {len(sweep.cells)} cells -> MLflow experiment '{sweep.experiment}'"]
     for config in sweep.cells:
         gpu = "GPU" if config.train.use_gpu else "CPU"
         lines.append(f"  {cell_name(config):55s} protocol={config.name:14s} epochs={config.schedule.epochs} "
-                     f"workers={max(config.train.workers, 1)}x{config.train.cpus_per_worker:g} CPU ({gpu})")
+                     f"{placement(config)} ({gpu})")
     if sweep.search:
         lines.append(f"  search: {sweep.search.algorithm} x {sweep.search.num_samples} per cell over "
                      f"{sorted(sweep.search.space)}; scheduler={sweep.search.scheduler}")
     first = sweep.cells[0] if sweep.cells else None
     if first is not None:
         per_cell = max(first.train.workers, 1) * first.train.cpus_per_worker
-        lines.append(f"  resources: {per_cell:g} CPU per cell (+{sweep.trial_cpus:g} per trial driver), "
-                     f"up to {sweep.max_concurrent} cells at once")
+        driver = f" (+{sweep.trial_cpus:g} per trial driver)" if first.train.workers > 0 else ""
+        lines.append(f"  resources: {per_cell:g} CPU per cell{driver}, up to {sweep.max_concurrent} cells at once")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from orchestrator import tracking
 from orchestrator.cell import CellResult, prepare_data, run_cell
 from orchestrator.config import Config
 from orchestrator.errors import ConfigError, DataError
+from orchestrator.methods import method_fn, needs_dynamics
 from orchestrator.teachers import artifact_key, artifact_recipe, dynamics_dir, resolve_teacher, teacher_path, \
     teacher_training_config
 from trainers.dynamics import verify_manifest, write_manifest
@@ -76,12 +77,6 @@ def save_teacher_state(path: Path, model_name: str, model_kwargs: dict, state_di
     save_teacher(model, path, meta)
 
 
-def needs_dynamics(config: Config) -> bool:
-    from pca.methods import needs_dynamics as method_needs_dynamics
-
-    return method_needs_dynamics(config)
-
-
 def dynamics_ready(config: Config, run: int) -> bool:
     try:
         verify_manifest(dynamics_dir(config, run), epochs=config.teacher.epochs, key=artifact_key(config, run))
@@ -109,8 +104,13 @@ def missing_runs(config: Config) -> list[int]:
 
 
 def ensure_prerequisites(config: Config) -> None:
-    """Train the teacher and score runs a soft cell or a pruning method needs, when missing."""
+    """Train the teacher and score runs a soft cell or a pruning method needs, when missing, and
+    the extra teachers the cell's method makes its set with (a distillation teacher)."""
     for run in missing_runs(config):
         what = "the teacher (score run 0)" if run == 0 else f"score run {run}"
         print(f"training {what} on the full training set first ({dynamics_dir(config, run)})", flush=True)
         train_score_run(config, run)
+    for teacher_config in method_fn(config).teachers(config):
+        if not teacher_ready(teacher_config):
+            print(f"training the teacher {teacher_config.teacher.model} its set is made with first", flush=True)
+            train_score_run(teacher_config, 0)

@@ -50,7 +50,7 @@ def full_set_fingerprint(config: Config) -> str:
     key = (data.train, data.train_split, str(config.data_root), data.image_size, data.mode, json.dumps(data.classes))
     if key not in _FINGERPRINTS:
         from orchestrator.data.select import fingerprint
-        from orchestrator.methods import load_train_source
+        from orchestrator.method_spec import load_train_source
 
         full = replace(config, {"data.method": "full", "data.ipc": None})
         _FINGERPRINTS[key] = fingerprint(load_train_source(full).dataset)
@@ -129,19 +129,17 @@ def read_teacher_meta(path: Path) -> dict:
         raise ConfigError(f"{exc}. Fix: {TEACHER_FIX}, or point teacher.source at an intact file") from exc
 
 
-def artifact_params(config: Config, teacher: str | None) -> tuple[dict, dict]:
+def artifact_params(config: Config, teacher: str | None, uses_dynamics: bool) -> tuple[dict, dict]:
     """(params, tags) a cell records: the keys of the teacher and dynamics it used, and the teacher file.
 
     `teacher` is resolve_teacher's spec (None for hard labels). A hub teacher is keyed by its name,
     a given file by the key in its meta (or its sha256 when it has none).
     """
-    from pca.methods import needs_dynamics
-
     params, tags = {}, {}
     if teacher is not None:
         params["teacher_key"] = teacher if teacher.startswith("timm:") else file_teacher_key(Path(teacher))
         tags["teacher_path"] = teacher
-    if needs_dynamics(config):
+    if uses_dynamics:
         params["dynamics_key"] = dynamics_key(config)
     return params, tags
 
@@ -151,7 +149,7 @@ def file_teacher_key(path: Path) -> str:
     return key or "sha256-" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def record_artifact_keys(uri: str, run_id: str, config: Config, teacher: str | None) -> None:
+def record_artifact_keys(uri: str, run_id: str, config: Config, teacher: str | None, uses_dynamics: bool) -> None:
     """Log the cell's artifact keys as MLflow params and the teacher file as a tag.
 
     A resumed cell whose artifacts changed since it started (another key) is refused: its epochs
@@ -161,7 +159,7 @@ def record_artifact_keys(uri: str, run_id: str, config: Config, teacher: str | N
     from mlflow.entities import Param, RunTag
     from mlflow.exceptions import MlflowException
 
-    params, tags = artifact_params(config, teacher)
+    params, tags = artifact_params(config, teacher, uses_dynamics)
     try:
         MlflowClient(uri).log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                                     tags=[RunTag(k, v) for k, v in tags.items()])

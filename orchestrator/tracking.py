@@ -147,18 +147,14 @@ def start_run(uri: str, experiment_id: str, config: Config, *, cell: str, role: 
 def log_params(uri: str, run_id: str, config: Config) -> None:
     flat = flatten(config)
     params = {key: flat[dotted] for key, dotted in CELL_PARAMS.items()}
+    from orchestrator.methods import method_label  # the registry knows which methods reverse
+
     params["method"] = method_label(config)
     params.update(flat)
     batch = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
     client = MlflowClient(uri)
     for start in range(0, len(batch), 90):
         client.log_batch(run_id, params=batch[start:start + 90])
-
-
-def method_label(config: Config) -> str:
-    """The method as tables show it: easy-first (reversed) pruning rules are their own method."""
-    method = config.data.method
-    return f"{method}-easy" if config.prune.reverse and method != "pca" else method
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:

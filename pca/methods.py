@@ -1,7 +1,7 @@
-"""Pruning rules and PCA as benchmark methods (docs/protocol.md §Selection, §PCA), registered on import.
+"""Pruning rules and PCA as benchmark methods (docs/protocol.md §Selection, §PCA).
 
-Registers ``forgetting``, ``el2n``, ``aum``, ``ccs`` and ``pca`` in ``orchestrator.methods.METHODS``
-(``orchestrator.methods._load_plugins`` imports this module). Each method reads the per-sample
+``PRUNE_METHODS`` holds ``forgetting``, ``el2n``, ``aum``, ``ccs`` and ``pca``; the registry
+``orchestrator.methods.METHODS`` includes it. Each method reads the per-sample
 scores of the full training set, computed from the training dynamics the score runs record under
 ``orchestrator.teachers.dynamics_dirs(config)``, and keeps exactly IPC images per class:
 
@@ -33,14 +33,13 @@ from orchestrator.config import Config
 from orchestrator.data.select import arrow_column, class_id_array, fingerprint
 from orchestrator.errors import DataError
 from orchestrator.files import atomic_path
-from orchestrator.methods import from_template, register_method, require_ipc, source_spec, with_index
+from orchestrator.method_spec import describe_method, require_ipc, source_spec, with_index
 from orchestrator.teachers import artifact_key, dynamics_dirs, dynamics_key
 from pca.scores import SCORE_COLUMNS, compute_scores
 from pca.select import RULES, select
 from trainers.dynamics import RERECORD_HINT, verify_manifest
 
 PRUNING_RULES = ("forgetting", "el2n", "aum", "ccs")
-DYNAMICS_METHODS = PRUNING_RULES + ("pca",)
 EL2N_REDUCE = "mean"
 SCORES_VERSION = 2
 _DYNAMICS_KEY = b"rethinkdc.dynamics"
@@ -57,11 +56,6 @@ class Selection:
 
 
 # ---------------------------------------------------------------- scores (cached)
-
-
-def needs_dynamics(config: Config) -> bool:
-    """Whether the configured method reads training dynamics (template sources never do)."""
-    return config.data.method in DYNAMICS_METHODS and not from_template(config)
 
 
 def verified_dynamics(config: Config) -> list[dict]:
@@ -217,7 +211,7 @@ def subset_manifest(config: Config, indices, scores: pd.DataFrame | None, *,
     score frame. dataset: the full training set (loaded from the config when None); subset: the
     stored set (rebuilt when None), whose fingerprint the manifest records.
     """
-    from orchestrator.methods import load_train_source
+    from orchestrator.method_spec import load_train_source
 
     if dataset is None:
         source = load_train_source(_full_config(config))
@@ -278,6 +272,12 @@ def _full_config(config: Config) -> Config:
     return replace(config, {"data.method": "full", "data.ipc": None})
 
 
-for _rule in PRUNING_RULES:
-    register_method(_rule, _rule_method(_rule))
-register_method("pca", method_pca)
+def pca_tiles(config: Config) -> int:
+    return config.prune.pca_grid
+
+
+# What pca/ contributes to the registry (orchestrator.methods.METHODS).
+PRUNE_METHODS = {
+    **{rule: describe_method(_rule_method(rule), needs_dynamics=True, reversible=True) for rule in PRUNING_RULES},
+    "pca": describe_method(method_pca, needs_dynamics=True, tile_grid=pca_tiles),
+}

@@ -26,7 +26,7 @@ from PIL import Image
 from orchestrator.config import Config
 from orchestrator.data.select import BENCHMARK_FEATURES, arrow_column, class_id_array
 from orchestrator.errors import ConfigError, DataError
-from orchestrator.methods import require_ipc, with_index
+from orchestrator.method_spec import require_ipc, with_index
 from pca.combine import combine_per_class, tile_images
 from pca.methods import Selection, select_rows
 

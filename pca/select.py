@@ -36,14 +36,13 @@ To add a rule: write a picker ``(Pool) -> np.ndarray`` if none fits, then add on
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from orchestrator.errors import ConfigError, DataError
+from orchestrator.errors import ConfigError, DataError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -190,9 +189,8 @@ def get_rule(rule: str) -> RuleSpec:
     """The registered spec of ``rule``, or a ConfigError suggesting close names."""
     if rule in RULES:
         return RULES[rule]
-    close = difflib.get_close_matches(rule, RULES, n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"unknown pruning rule {rule!r}; known rules: {', '.join(sorted(RULES))}.{hint}")
+    raise ConfigError(f"unknown pruning rule {rule!r}: {did_you_mean(rule, RULES, n=3, cutoff=0.4)}"
+                      f"known rules: {', '.join(sorted(RULES))}")
 
 
 def default_mis_ratio(prune_rate: float) -> float:

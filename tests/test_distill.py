@@ -11,8 +11,8 @@ import torch
 
 from orchestrator.data.prepare import FASHION_MNIST_RAW, load_fashion_mnist_split
 from pca.combine import tile_boxes
+import trainers.models  # noqa: F401  (registers the ConvNets in timm)
 from trainers.distill import RecoverSettings, cda_min_scale, patch_losses, random_patches, rded, recover
-from trainers.models import create_student
 
 MEAN, STD = (0.2860,), (0.3530,)
 TEACHER_KWARGS = {"num_classes": 10, "in_chans": 1, "img_size": 28, "width": 8}
@@ -159,7 +159,8 @@ def distill_config(tiny_config, teacher):
 
 def test_distilled_set_is_written_once_and_reused(distill_config):
     from orchestrator.distill_job import MANIFEST_FILE, distilled_dir, distilled_set
-    from orchestrator.methods import METHODS, load_train_source, with_index
+    from orchestrator.method_spec import load_train_source, with_index
+    from orchestrator.methods import METHODS
 
     source = with_index(load_train_source(distill_config).dataset)
     first = METHODS["rded"](distill_config, source)
@@ -177,7 +178,8 @@ def test_distilled_set_is_written_once_and_reused(distill_config):
 def test_sre2l_method_writes_its_manifest(distill_config):
     from orchestrator.config import replace
     from orchestrator.distill_job import distill_teacher_key, distilled_dir, read_manifest
-    from orchestrator.methods import METHODS, load_train_source, with_index
+    from orchestrator.method_spec import load_train_source, with_index
+    from orchestrator.methods import METHODS
 
     config = replace(distill_config, {"data.method": "sre2l"})
     subset = METHODS["sre2l"](config, with_index(load_train_source(config).dataset))

@@ -17,7 +17,7 @@ from PIL import Image
 
 from orchestrator.cell import run_cell
 from orchestrator.config import load_config
-from orchestrator.methods import from_template, source_spec
+from orchestrator.method_spec import from_template, source_spec
 
 REPO = Path(__file__).resolve().parents[1]
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]

@@ -4,8 +4,8 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.errors import ConfigError
-from orchestrator.methods import build_training_set, image_bytes, load_train_source, method_fn, \
-    with_index
+from orchestrator.method_spec import load_train_source, with_index
+from orchestrator.methods import build_training_set, image_bytes, method_fn
 from tests_paths import CONFIGS
 
 
@@ -47,7 +47,7 @@ def test_unknown_method_suggests_a_registered_one(config):
 
 def test_easy_first_rules_are_reported_as_their_own_method(config):
     from orchestrator.config import replace
-    from orchestrator.tracking import method_label
+    from orchestrator.methods import method_label
 
     assert method_label(replace(config, {"data.method": "el2n"})) == "el2n"
     assert method_label(replace(config, {"data.method": "el2n", "prune.reverse": True})) == "el2n-easy"

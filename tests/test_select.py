@@ -205,7 +205,7 @@ def test_errors_are_clear() -> None:
     scores = _scores(el2n=EL2N)
     with pytest.raises(ConfigError, match="lower ipc to <= 3"):
         select("el2n", labels=LABELS, scores=scores, ipc=4)
-    with pytest.raises(ValueError, match="Did you mean 'el2n'"):
+    with pytest.raises(ValueError, match="did you mean 'el2n'"):
         select("el2m", labels=LABELS, scores=scores, ipc=1)
     with pytest.raises(ConfigError, match="exactly one"):
         select("el2n", labels=LABELS, scores=scores)

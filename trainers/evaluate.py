@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.precision import autocast
+
 SAMPLES, TOP1, TOP5 = 0, 1, 2
 TOP_K = 5
 
@@ -59,7 +61,7 @@ def _identity(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -67,6 +69,7 @@ def evaluate(
     num_classes: int,
     device: torch.device | str,
     reduce: ReduceFn = _identity,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Accuracy.summarize of the model on ``batches`` plus mean cross-entropy as "loss".
 
@@ -81,7 +84,8 @@ def evaluate(
     try:
         for images, labels in batches:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            logits = model(images)
+            with autocast(device, precision):
+                logits = model(images)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
             accuracy.update(logits, labels)
     finally:

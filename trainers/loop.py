@@ -29,6 +29,7 @@ from trainers.evaluate import evaluate
 from trainers.losses import compute_loss
 from trainers.mix import build_mixup, mix_batch
 from trainers.models import create_student, load_teacher, unwrap_model
+from trainers import precision
 from trainers.optim import build_optimizer, build_scheduler
 from trainers.reporting import placement
 
@@ -73,7 +74,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     num_classes = loop_config["num_classes"]
     with where.latest() as checkpoint_dir:
         model, optimizer, scheduler, history = build_training_state(config, num_classes, device, checkpoint_dir)
-    model = where.prepare_model(model)
+    model = where.prepare_model(precision.prepare_model(model, channels_last=config.train.channels_last,
+                                                        compile=config.train.compile))
     teacher = None
     if config.label_mode == "soft":
         teacher = load_teacher(loop_config["teacher"], num_classes=num_classes, in_chans=config.in_chans,
@@ -162,7 +164,7 @@ def training_steps(loop_config: dict, config: Config, where):
 
     augment = augment_settings(config)
     sizes = {"batch_size": config.train.batch_size, "world": where.world, "accum": config.train.grad_accum}
-    grid = tiles_per_image(config)
+    grid = loop_config.get("tile_grid", 1)  # the method says how its stored images are tiled
     arrays_ref = loop_config.get("train_arrays")
     if arrays_ref is None:
         shard = where.dataset_shard("train")
@@ -196,26 +198,22 @@ def train_one_epoch(config: Config, model, teacher, mixup, optimizer, steps, epo
 def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, device, dynamics
                      ) -> tuple[float, int]:
     """Loss of one micro-batch, backpropagated with its weight; returns (mean loss, views)."""
-    images, labels = micro.image.to(device), micro.label.to(device)
+    images = precision.to_device_batch(micro.image, device, config.train.channels_last)
+    labels = micro.label.to(device)
     images, targets = mix_batch(mixup, images, labels)
-    logits = model(images)
+    with precision.autocast(device, config.train.precision):
+        logits = model(images)
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(images)
+        loss = compute_loss(config.label_mode, logits.float(), targets, temperature=config.teacher.temperature,
+                            teacher_logits=None if teacher_logits is None else teacher_logits.float())
     if dynamics is not None:
         dynamics.add(epoch, micro.key.numpy()[: len(logits)], logits.detach().float().cpu(),
                      labels[: len(logits)].cpu().numpy())
-    teacher_logits = None
-    if teacher is not None:
-        with torch.no_grad():
-            teacher_logits = teacher(images)
-    loss = compute_loss(config.label_mode, logits, targets, teacher_logits=teacher_logits,
-                        temperature=config.teacher.temperature)
     (loss * micro.weight).backward()
     return loss.item(), len(images)
-
-
-def tiles_per_image(config: Config) -> int:
-    """PCA stores grid x grid combined images: its Augment step crops inside one tile at a time."""
-    prune = getattr(config, "prune", None)
-    return prune.pca_grid if prune is not None and config.data.method == "pca" else 1
 
 
 def tile_views(config: Config) -> str:
@@ -244,7 +242,7 @@ def maybe_evaluate(config: Config, model, batches, epoch: int, num_classes: int,
     last = epoch + 1 == config.schedule.epochs
     if rank != 0 or not (last or (epoch + 1) % config.eval.every == 0):
         return {}
-    summary = evaluate(model, batches(), num_classes=num_classes, device=device)
+    summary = evaluate(model, batches(), num_classes=num_classes, device=device, precision=config.eval.precision)
     summary["epoch"] = epoch
     history.last_eval = summary
     if summary["top1"] > history.best_top1:

@@ -10,7 +10,6 @@ Importing this module is enough for ``timm.create_model('convnet3', ...)`` to wo
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError, did_you_mean
 
 TIMM_PREFIX = "timm:"
 TEACHER_FILE_KEYS = ("model_name", "model_kwargs", "state_dict", "meta")
@@ -209,9 +208,8 @@ def takes_img_size(name: str) -> bool:
 def _check_known(name: str) -> None:
     if timm.is_model(name):
         return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
-    raise ConfigError(f"unknown model {name!r}{hint}")
+    hint = did_you_mean(name, timm.list_models(), n=5) or "see timm.list_models()"
+    raise ConfigError(f"unknown model {name!r}: {hint.strip()}")
 
 
 # Students are initialised as the reference evaluation builds them (torchvision's resnet18, whose

@@ -1,0 +1,73 @@
+"""Arguments every config-driven verb shares, and how a parsed verb runs.
+
+Verbs (`orchestrator/*_job.py`, `bench`, `cluster`) build their parsers from `add_config_args`
+and run through `run_parsed`; they import this module, never the CLI (which imports them).
+Overrides come in one form, `--set section.key=value` (repeatable), plus a few explicit flags
+(`--method`, `--ipc`, ...) that are shorthands for the same keys; both always beat the YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from orchestrator.errors import OrchestratorError
+
+SHORTHANDS = {"method": "data.method", "ipc": "data.ipc", "seed": "seed", "label_mode": "label_mode",
+              "model": "model.name", "epochs": "schedule.epochs", "workers": "train.workers",
+              "output_dir": "output_dir", "lr": "optim.lr", "batch_size": "train.batch_size"}
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, help="protocol YAML (configs/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set optim.lr=0.01 (repeatable)")
+    parser.add_argument("--method", help="data.method")
+    parser.add_argument("--ipc", help="data.ipc (images per class; 'null' for all)")
+    parser.add_argument("--seed", type=int, help="seed")
+    parser.add_argument("--label-mode", choices=["hard", "soft"], help="label_mode")
+    parser.add_argument("--model", help="model.name (student)")
+    parser.add_argument("--epochs", type=int, help="schedule.epochs")
+    parser.add_argument("--workers", type=int, help="train.workers (Ray Train workers; 0 = local mode)")
+    parser.add_argument("--lr", type=float, help="optim.lr")
+    parser.add_argument("--batch-size", type=int, help="train.batch_size")
+    parser.add_argument("--output-dir", help="output_dir (MLflow store, checkpoints, data cache)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+
+
+def config_from_args(args: argparse.Namespace):
+    from orchestrator.config import load_config, parse_override
+    from orchestrator.data.sources import normalisation_warning
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    for flag, dotted in SHORTHANDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[dotted] = parse_override(f"x={value}")[1] if isinstance(value, str) else value
+    config = load_config(args.config, overrides)
+    warning = normalisation_warning(config)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return config
+
+
+def use_address(address: str | None) -> None:
+    """Ray is started (or joined) lazily, only once a cell really trains; --address beats RAY_ADDRESS."""
+    if address:
+        os.environ["RAY_ADDRESS"] = address
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed verb: project errors become one `error:` line and exit code 2, no traceback."""
+    from orchestrator.runtime import set_console
+
+    set_console(verbose=getattr(args, "verbose", False))
+    try:
+        return args.func(args)
+    except OrchestratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are kept; re-run the same command to resume", file=sys.stderr)
+        return 130
