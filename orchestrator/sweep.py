@@ -183,7 +183,7 @@ def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) ->
         param_space={**search_space(search), "cell": to_dict(cell), "parent_run_id": cell_run},
         tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, num_samples=search.num_samples,
                                     search_alg=search_algorithm(search), scheduler=scheduler(search, cell),
-                                    max_concurrent_trials=sweep.max_concurrent),
+                                    max_concurrent_trials=sweep.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=f"search-{name}", storage_path=str(cell.out / "tune"), verbose=0),
     )
     grid = tuner.fit()

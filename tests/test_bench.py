@@ -110,7 +110,7 @@ def test_dynamics_memory_small(ctx):
 def write_sweep(tmp_path) -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(f"name: small\nprotocol: {REPO / 'configs' / 'fmnist-hard.yaml'}\n"
-                    "set: {schedule.epochs: 50}\naxes: {method: [random], ipc: [1, 10], seed: [0, 1]}\n")
+                    "set: {schedule.epochs: 50, eval.every: 25}\naxes: {method: [random], ipc: [1, 10], seed: [0, 1]}\n")
     return path
 
 

@@ -75,14 +75,14 @@ def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def test_killed_cell_resumes_from_checkpoint_with_same_metrics(ray_cluster, tiny_config, tmp_path, data_root):
-    overrides = {"schedule.epochs": 5, "data.ipc": 5, "train.threads": 1}
+    overrides = {"schedule.epochs": 5, "data.ipc": 5, "train.threads": 1, "eval.every": 5}  # evaluated once, at the end
     reference = run_cell(tiny_config(**{**overrides, "output_dir": str(tmp_path / "reference")}))
 
     out = tmp_path / "killed"
     config = tiny_config(**{**overrides, "output_dir": str(out)})
     args = ["run", "--config", str(REPO / "configs/fmnist-hard.yaml"), "--output-dir", str(out),
             "--ipc", "5", "--epochs", "5", "--set", f"data.root={data_root}", "--set", "train.batch_size=8",
-            "--set", "eval.every=1", "--set", "train.checkpoint_every=1", "--set", "train.threads=1",
+            "--set", "eval.every=5", "--set", "train.checkpoint_every=1", "--set", "train.threads=1",
             "--set", "train.cpus_per_worker=0.5"]
     run_dir = out / "ray_results" / cell_name(config)
     process = run_cli(args)

@@ -93,7 +93,9 @@ def test_init_ray_quiet_keeps_ray_logs_off_the_console(ray_cluster):
     logs = keep_driver_logs_in_session()
     console = io.StringIO()
     handlers = console_handlers("ray", "ray.data")
-    streams = [handler.setStream(console) for handler in handlers]  # Ray's handlers keep the stderr of their import
+    streams = [handler.stream for handler in handlers]  # Ray's handlers keep the stderr of their import
+    for handler in handlers:  # (assigned, not setStream: that flushes the old stream, which may be closed)
+        handler.stream = console
     try:
         logging.getLogger("ray.data").info("a Ray Data notice")
         logging.getLogger("ray").warning("a Ray notice")
@@ -101,7 +103,7 @@ def test_init_ray_quiet_keeps_ray_logs_off_the_console(ray_cluster):
         logging.getLogger("ray.tune.tune_controller").error("a failed trial's notice")  # the sweep reports it
     finally:
         for handler, stream in zip(handlers, streams):
-            handler.setStream(stream)
+            handler.stream = stream
     assert len(handlers) == 2
     assert "notice" not in console.getvalue() and "a Ray error" in console.getvalue()
     kept = (logs / f"orchestrator-driver-{os.getpid()}.log").read_text()

@@ -58,11 +58,12 @@ def test_two_ray_workers_see_uniform_class_mix_and_each_image_once(ray_cluster, 
 
         from orchestrator.config import config_from_dict
         from trainers.loop import training_steps
+        from trainers.reporting import WorkerGroup
 
         config = config_from_dict(loop_config["config"])
-        context = ray.train.get_context()
-        rank, world = context.get_world_rank(), context.get_world_size()
-        epoch_steps = training_steps(loop_config, config, rank, world)
+        where = WorkerGroup()
+        rank = where.rank
+        epoch_steps = training_steps(loop_config, config, where)
         record = []
         for epoch in range(2):
             steps, samples = epoch_steps(epoch)

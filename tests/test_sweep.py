@@ -18,7 +18,7 @@ from orchestrator.sweep import run_sweep
 from orchestrator.sweep_config import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"schedule.epochs": 2, "data.ipc": 2, "train.batch_size": 8, "train.threads": 1, "eval.every": 1,
+TINY = {"schedule.epochs": 2, "data.ipc": 2, "train.batch_size": 8, "train.threads": 1, "eval.every": 2,
         "train.checkpoint_every": 1, "train.cpus_per_worker": 0.5}
 
 
@@ -129,7 +129,8 @@ def test_asha_stops_poor_trials_early_and_records_all(ray_cluster, tmp_path, dat
     epochs = 4
     path = write_sweep(
         tmp_path, data_root, axes={"method": ["random"], "ipc": [2], "label_mode": ["hard"], "seed": [0]},
-        set={**TINY, "schedule.epochs": epochs, "data.root": str(data_root), "output_dir": str(tmp_path / "out")},
+        set={**TINY, "schedule.epochs": epochs, "eval.every": 1, "data.root": str(data_root),
+             "output_dir": str(tmp_path / "out")},  # ASHA compares trials on every epoch's val/top1
         search={"algorithm": "grid", "num_samples": 1, "metric": "val/top1", "mode": "max",
                 "space": {"optim.lr": {"grid": [1.0e-6, 1.0e-5, 3.0e-3, 1.0e-2]},
                           "mix.cutmix_alpha": {"choice": [0.5, 1.0]}},
