@@ -69,7 +69,7 @@ def read_split(path: Path):
     import ray.data
 
     columns = ["image", "class_id", "index"] if _has_index(path) else ["image", "class_id"]
-    return ray.data.read_parquet(str(path), ray_remote_args={"num_cpus": DATA_TASK_CPUS}).select_columns(columns)
+    return ray.data.read_parquet(str(path), num_cpus=DATA_TASK_CPUS).select_columns(columns)
 
 
 def _has_index(path: Path) -> bool:
