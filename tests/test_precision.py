@@ -39,28 +39,28 @@ def trained_model(batch) -> nn.Module:
     return model.eval()
 
 
-def test_fp32_is_the_plain_model_and_unknown_precision_is_refused(trained_model, batch):
-    images, _ = batch
+def plain_and_autocast(model, images, precision: str):
+    """The model's logits without autocast, and under autocast(precision)."""
     with torch.no_grad():
-        plain = trained_model(images)
-        with autocast("cpu", "fp32"):
-            fp32 = trained_model(images)
+        plain = model(images)
+        with autocast("cpu", precision):
+            return plain, model(images)
+
+
+def test_fp32_is_the_plain_model_and_unknown_precision_is_refused(trained_model, batch):
+    plain, fp32 = plain_and_autocast(trained_model, batch[0], "fp32")
     assert fp32.dtype == torch.float32 and torch.equal(fp32, plain)
     with pytest.raises(ValueError, match="fp16"):
         autocast("cpu", "fp16")
 
 
 def test_bf16_autocast_logits_close_to_fp32(trained_model, batch):
-    images, labels = batch
-    with torch.no_grad():
-        fp32 = trained_model(images)
-        with autocast("cpu", "bf16"):
-            bf16 = trained_model(images)
+    fp32, bf16 = plain_and_autocast(trained_model, batch[0], "bf16")
     assert bf16.dtype == torch.bfloat16  # autocast did run the layers in bfloat16
     scale = fp32.abs().max().item()
     assert (bf16.float() - fp32).abs().max().item() <= 0.05 * scale
     assert (bf16.float().argmax(1) == fp32.argmax(1)).float().mean().item() >= 0.95
-    assert (fp32.argmax(1) == labels).float().mean().item() > 0.5  # a model that learned something
+    assert (fp32.argmax(1) == batch[1]).float().mean().item() > 0.5  # a model that learned something
 
 
 def test_channels_last_keeps_outputs_equal(trained_model, batch):
