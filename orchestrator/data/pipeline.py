@@ -68,15 +68,15 @@ def decode_val_batch(batch: dict, mode: str, resize: int, crop: int, mean, std) 
 def read_split(path: Path):
     import ray.data
 
-    columns = ["image", "class_id", "index"] if _has_index(path) else ["image", "class_id"]
-    return ray.data.read_parquet(str(path), num_cpus=DATA_TASK_CPUS).select_columns(columns)
+    return ray.data.read_parquet(str(path), num_cpus=DATA_TASK_CPUS).select_columns(split_columns(path))
 
 
-def _has_index(path: Path) -> bool:
+def split_columns(path: Path) -> list[str]:
+    """The benchmark columns a split's parquet file(s) hold: image, class_id and, if present, index."""
     import pyarrow.parquet as pq
 
     files = sorted(Path(path).glob("*.parquet")) if Path(path).is_dir() else [Path(path)]
-    return "index" in pq.read_schema(files[0]).names
+    return ["image", "class_id", "index"] if "index" in pq.read_schema(files[0]).names else ["image", "class_id"]
 
 
 def train_dataset(path: Path, *, mode: str, num_rows: int, image_size: int, batch_rows: int = 256):
@@ -122,7 +122,7 @@ def read_columns(path: Path) -> dict[str, list]:
     """The benchmark columns of a split's parquet file(s), read in this process."""
     import pyarrow.parquet as pq
 
-    columns = ["image", "class_id", "index"] if _has_index(path) else ["image", "class_id"]
+    columns = split_columns(path)
     table = pq.read_table(str(path), columns=columns)
     return {name: table.column(name).to_pylist() for name in columns}
 
