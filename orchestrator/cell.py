@@ -17,11 +17,13 @@ from pathlib import Path
 from orchestrator import tracking
 from orchestrator.config import Config, cell_name, to_dict
 from orchestrator.data.pipeline import train_dataset, training_arrays, val_dataset, validation_arrays
+from orchestrator.data.select import preview_rows
 from orchestrator.data.sources import check_class_sets
 from orchestrator.errors import ConfigError
 from orchestrator.locks import one_process_per_cell
 from orchestrator.method_spec import load_train_source, load_val_source
-from orchestrator.methods import PreparedSet, build_training_set, build_val_set, needs_dynamics, tile_grid
+from orchestrator.methods import (PreparedSet, build_training_set, build_val_set, generation_cost, needs_dynamics,
+                                  tile_grid)
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
 from trainers.reporting import latest_checkpoint
@@ -109,8 +111,8 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
         train_loop_config={"config": to_dict(config), "num_classes": data.num_classes, "teacher": teacher,
                            "mlflow_uri": uri, "run_id": run_id, "cell": name,
                            "dynamics_dir": str(dynamics_dir) if dynamics_dir else None,
-                           "train_arrays": ray.put(train_arrays) if train_arrays is not None else None,
-                           "val_arrays": ray.put(val_arrays) if val_arrays is not None else None,
+                           "train_arrays": hand_over(train_arrays, in_process),
+                           "val_arrays": hand_over(val_arrays, in_process),
                            "local_run_dir": str(storage / name) if in_process else None,
                            "local_datasets": datasets if in_process else None,
                            "tune_report": tune_report, "use_gpu": gpu, "tile_grid": tile_grid(config)},
@@ -129,6 +131,13 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
     # A resumed cell's wall time also counts its earlier attempts (up to the checkpoint it resumed from).
     summary["wall_seconds"] = time.perf_counter() - started + summary.get("prior_wall_seconds", 0.0)
     return summary, checkpoint_dir
+
+
+def hand_over(arrays: dict | None, in_process: bool):
+    """Decoded arrays for the loop: as they are to a loop in this process, via the object store to workers."""
+    import ray
+
+    return ray.put(arrays) if arrays is not None and not in_process else arrays
 
 
 def final_summary(result, run_dir: Path, in_process: bool) -> tuple[dict, Path]:
@@ -182,7 +191,7 @@ def tune_callbacks() -> list:
 
 
 def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict) -> None:
-    """Final metrics, storage figures and artifacts (resolved YAML, per-class accuracy)."""
+    """Final metrics, storage and generation figures, artifacts (resolved YAML, per-class accuracy)."""
     soft_bytes = 0
     if config.label_mode == "soft":  # what storing the soft labels offline would cost (fp16)
         soft_bytes = config.schedule.epochs * data.train.num_rows * data.num_classes * 2
@@ -192,10 +201,11 @@ def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict)
         "val/best_epoch": summary["best_epoch"], "time/train_s": summary["train_seconds"],
         "time/wall_s": summary["wall_seconds"], "throughput/images_per_s": summary["images_per_s"],
         "storage/image_bytes": data.train.image_bytes, "storage/soft_label_bytes": soft_bytes,
-        "data/num_images": data.train.num_rows}, step=summary["epochs_done"])
+        "data/num_images": data.train.num_rows, **generation_cost(config)}, step=summary["epochs_done"])
     tracking.log_config_artifact(uri, run_id, config)
     tracking.log_text_artifacts(uri, run_id, {"per_class_accuracy.csv": per_class_csv(data, summary),
                                               "summary.json": json.dumps(summary, indent=2)})
+    tracking.log_table_artifact(uri, run_id, tracking.PREVIEW_ARTIFACT, preview_rows(data.train.path))
     tracking.set_tags(uri, run_id, {"status_note": "finished"})
     tracking.terminate(uri, run_id, "FINISHED")
 

@@ -35,7 +35,7 @@ from orchestrator.data.select import BENCHMARK_FEATURES, class_id_array, fingerp
 from orchestrator.data.sources import dataset_from_table, load_source
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.locks import file_lock
-from orchestrator.method_spec import describe_method
+from orchestrator.method_spec import describe_method, require_ipc
 from orchestrator.teachers import resolve_teacher, teacher_key
 
 DISTILL_NAMES = ("sre2l", "cda", "rded")
@@ -264,7 +264,14 @@ def _distill_method(name: str):
     return method
 
 
-DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=lambda config: [distill_teacher_config(config)])
+def generation_cost(config: Config) -> dict[str, float]:
+    """The cell's distilled set's cost from its manifest: seconds to generate it and images made."""
+    manifest = read_manifest(distilled_dir(config, config.data.method, require_ipc(config)))
+    return {"distill/generation_s": manifest["generation_seconds"], "distill/generation_images": manifest["images"]}
+
+
+DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=lambda config: [distill_teacher_config(config)],
+                                         generation_cost=generation_cost)
                    for name in DISTILL_NAMES}
 
 

@@ -69,6 +69,11 @@ def tile_grid(config: Config) -> int:
     return method_fn(config).tile_grid(config)
 
 
+def generation_cost(config: Config) -> dict[str, float]:
+    """What making the cell's set cost, as metrics (distilled sets: seconds and images; others: none)."""
+    return {} if from_template(config) else method_fn(config).generation_cost(config)
+
+
 def method_label(config: Config) -> str:
     """The method as tables show it: easy-first (reversed) pruning rules are their own method."""
     method = config.data.method

@@ -178,6 +178,18 @@ def log_text_artifacts(uri: str, run_id: str, files: dict[str, str], artifact_pa
         client.log_artifacts(run_id, tmp, artifact_path)
 
 
+PREVIEW_ARTIFACT = "set_preview.parquet"  # a few images per class of a cell's set: the report's image grid
+
+
+def log_table_artifact(uri: str, run_id: str, name: str, table) -> None:
+    """Log a pyarrow table as a parquet artifact `name`."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(table, Path(tmp) / name)
+        MlflowClient(uri).log_artifact(run_id, str(Path(tmp) / name))
+
+
 def log_config_artifact(uri: str, run_id: str, config: Config) -> None:
     log_text_artifacts(uri, run_id, {"config.yaml": to_yaml(config)})
 

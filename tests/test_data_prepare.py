@@ -111,10 +111,10 @@ def test_resolve_unknown_name_is_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not FASHION_MNIST_RAW.is_dir(), reason="dataset-fashion-mnist is not installed")
-def test_real_fashion_mnist_via_registry(data_root: Path) -> None:
-    """Uses the session's real prepared copy (conftest's data_root): the registry must reuse it."""
-    out = resolve_registered("fashion-mnist", data_root, 28, "L")
-    assert out == data_root / "fashion-mnist-28-L"
+def test_real_fashion_mnist_via_registry(full_data_root: Path) -> None:
+    """Uses the session's real prepared copy (conftest's full_data_root): the registry must reuse it."""
+    out = resolve_registered("fashion-mnist", full_data_root, 28, "L")
+    assert out == full_data_root / "fashion-mnist-28-L"
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["num_rows"] == {"train": 60000, "test": 10000}
     raw_images = read_idx(FASHION_MNIST_RAW / "t10k-images-idx3-ubyte.gz")

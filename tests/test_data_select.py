@@ -169,3 +169,17 @@ def test_real_fashion_mnist_selection_is_fast_and_stable(data_root: Path) -> Non
     again = select_per_class(train, 10, num_classes=10)
     assert len(first) == 100 and fingerprint(first) == fingerprint(again)
     assert fingerprint(select_per_class(train, 10, how="random", seed=0, num_classes=10)) != fingerprint(first)
+
+
+def test_preview_rows_are_the_first_images_of_each_class_read_in_batches(data_root):
+    """The report's image grid reads a few rows per class of a real set without loading it whole."""
+    from orchestrator.data.select import preview_rows
+
+    path = data_root / "fashion-mnist-28-L" / "train.parquet"
+    labels = pq.read_table(path, columns=["class_id"])["class_id"].to_numpy()
+    table = preview_rows(path, per_class=3, max_classes=4)
+    assert table.column_names == ["image", "class_id"]
+    expected = sorted(int(np.flatnonzero(labels == c)[i]) for c in range(4) for i in range(3))
+    assert table["class_id"].to_pylist() == labels[expected].tolist()
+    full = pq.read_table(path, columns=["image"]).take(expected)["image"].to_pylist()
+    assert table["image"].to_pylist() == full

@@ -34,9 +34,9 @@ def _load(spec, split="train", **kwargs) -> Source:
 # ---------------------------------------------------------------- registered
 
 
-def test_registered_fashion_mnist(data_root: Path) -> None:
-    train = _load("fashion-mnist", data_root=data_root)
-    test = _load("fashion-mnist", "test", data_root=data_root)
+def test_registered_fashion_mnist(full_data_root: Path) -> None:
+    train = _load("fashion-mnist", data_root=full_data_root)
+    test = _load("fashion-mnist", "test", data_root=full_data_root)
     assert (len(train.dataset), len(test.dataset)) == (60000, 10000)
     assert train.classes == FASHION_MNIST_CLASSES and train.num_classes == 10
     assert train.dataset.column_names == ["image", "class_id", "sample_id"]
@@ -170,8 +170,8 @@ def test_parquet_dir_layouts(tmp_path: Path, layout: str) -> None:
         _load(folder, "val")
 
 
-def test_prepared_dir_is_a_parquet_source_with_names(data_root: Path) -> None:
-    src = _load(data_root / "fashion-mnist-28-L", "test")
+def test_prepared_dir_is_a_parquet_source_with_names(full_data_root: Path) -> None:
+    src = _load(full_data_root / "fashion-mnist-28-L", "test")
     assert src.classes == FASHION_MNIST_CLASSES and len(src.dataset) == 10000
 
 

@@ -196,7 +196,21 @@ def test_rded_cell_trains_on_the_cached_distilled_set(ray_cluster, distill_confi
     from orchestrator.config import replace
     from orchestrator.distill_job import distilled_dir, read_manifest
 
+    from mlflow import MlflowClient
+
+    from orchestrator.report.output import run_report
+    from orchestrator.tracking import tracking_uri
+
     result = run_cell(replace(distill_config, {"schedule.epochs": 1}))
     manifest = read_manifest(distilled_dir(distill_config, "rded", 1))
     assert result.fingerprint == manifest["fingerprint"]
     assert 0 <= result.summary["top1_final"] <= 100
+    # the cell carries its set's generation cost, and the report shows the set's images
+    metrics = MlflowClient(tracking_uri(distill_config)).get_run(result.run_id).data.metrics
+    assert metrics["distill/generation_s"] == manifest["generation_seconds"]
+    assert metrics["distill/generation_images"] == 10
+    paths = run_report(tracking_uri(distill_config), distill_config.experiment_name, distill_config.out / "report",
+                       log=False)
+    assert paths["sets_ipc1.png"].stat().st_size > 1000
+    assert "![sets](sets_ipc1.png)" in paths["report.md"].read_text()
+    assert "generation time" in paths["report.md"].read_text()

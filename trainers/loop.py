@@ -154,14 +154,19 @@ def build_training_state(config: Config, num_classes: int, device, checkpoint_di
     return model, optimizer, scheduler, restore(checkpoint_dir, model, optimizer, scheduler)
 
 
+def received(arrays):
+    """Decoded arrays handed over by the driver: in this process as they are, else an object-store ref."""
+    import ray
+
+    return arrays if isinstance(arrays, dict) else ray.get(arrays)
+
+
 def training_steps(loop_config: dict, config: Config, where):
     """epoch -> (this rank's optimizer steps, global views of the epoch or None when streaming).
 
     A set the driver put in the object store is shuffled whole per epoch; a larger set streams
     from this rank's Ray Data shard (docs/protocol.md §Batch and shuffle).
     """
-    import ray
-
     augment = augment_settings(config)
     sizes = {"batch_size": config.train.batch_size, "world": where.world, "accum": config.train.grad_accum}
     grid = loop_config.get("tile_grid", 1)  # the method says how its stored images are tiled
@@ -170,7 +175,7 @@ def training_steps(loop_config: dict, config: Config, where):
         shard = where.dataset_shard("train")
         return lambda epoch: (stream_steps(shard, epoch, grid=grid, tile_views=tile_views(config), augment=augment,
                                            shuffle_buffer=config.train.shuffle_buffer, **sizes), None)
-    memory = MemoryBatches(ray.get(arrays_ref), grid=grid, tile_views=tile_views(config), augment=augment)
+    memory = MemoryBatches(received(arrays_ref), grid=grid, tile_views=tile_views(config), augment=augment)
 
     def epoch_steps(epoch: int):
         steps, counts = memory.steps(epoch, rank=where.rank, **sizes)
@@ -224,14 +229,12 @@ def tile_views(config: Config) -> str:
 def validation_batches(loop_config: dict, config: Config, where):
     """() -> iterable of (images, labels): the transformed validation set, from memory when the
     driver put it in the object store, else from this worker's Ray Data shard."""
-    import ray
-
     size = config.eval.batch_size
     arrays_ref = loop_config.get("val_arrays")
     if arrays_ref is None:
         shard = where.dataset_shard("val")
         return lambda: ((b["image"], b["label"]) for b in val_batches(shard, batch_size=size))
-    arrays = ray.get(arrays_ref)
+    arrays = received(arrays_ref)
     images, labels = torch.from_numpy(np.array(arrays["image"])), torch.from_numpy(np.array(arrays["label"]))
     return lambda: ((images[i:i + size], labels[i:i + size]) for i in range(0, len(labels), size))
 

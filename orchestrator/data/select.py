@@ -195,3 +195,25 @@ def write_parquet(ds: datasets.Dataset, path: Path) -> Path:
     with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp, row_group_size=_row_group_size(table))
     return Path(path)
+
+
+def preview_rows(path: Path, *, per_class: int = 4, max_classes: int = 10) -> pa.Table:
+    """The first `per_class` rows (`image`, `class_id`) of each class id below `max_classes` of a set.
+
+    What the report's image grid shows of a cell's set. Streams the parquet file batch by batch and
+    stops once every wanted class is full, so an ImageNet-scale set is never read whole.
+    """
+    kept, counts = [], {}
+    for batch in pq.ParquetFile(path).iter_batches(columns=["image", "class_id"], batch_size=1024):
+        labels = batch.column("class_id").to_numpy(zero_copy_only=False)
+        take = []
+        for row, label in enumerate(labels.tolist()):
+            if label < max_classes and counts.get(label, 0) < per_class:
+                counts[label] = counts.get(label, 0) + 1
+                take.append(row)
+        if take:
+            kept.append(pa.Table.from_batches([batch]).take(take))
+        if len(counts) == max_classes and min(counts.values()) == per_class:
+            break
+    schema = pq.read_schema(path)
+    return pa.concat_tables(kept) if kept else schema.empty_table().select(["image", "class_id"])

@@ -14,6 +14,7 @@ import pandas as pd
 from orchestrator.errors import OrchestratorError
 from orchestrator.report.ddranking import label_robust
 from orchestrator.report.plots import plot_top1_vs_ipc
+from orchestrator.report.previews import write_set_grids
 from orchestrator.report.runs import DASH, METRIC_LABELS, METRIC_UNITS, check_artifact_keys, check_metric, \
     client, get_experiment, iter_groups, load_cell_runs
 from orchestrator.report.tables import PM, full_reference_line, paper_table, paper_table_numeric, storage_table
@@ -74,7 +75,17 @@ def _group_section(key: tuple[str, str, str], sub: pd.DataFrame, metric: str) ->
     return parts + ["### Storage and training time", "", markdown_table(_storage_display(sub)), ""]
 
 
-def render_markdown(df: pd.DataFrame, *, title: str, metric: str, image: str | None = None) -> str:
+def _set_grids_section(grids: Iterable[str]) -> list[str]:
+    grids = list(grids)
+    if not grids:
+        return []
+    parts = ["## The sets", "", f"The first images of each class in each method's set (lowest seed; one row per "
+             "class). PCA and RDED store several source images per stored image; distilled sets are synthetic.", ""]
+    return parts + [f"![sets]({name})" for name in grids] + [""]
+
+
+def render_markdown(df: pd.DataFrame, *, title: str, metric: str, image: str | None = None,
+                    set_grids: Iterable[str] = ()) -> str:
     label = METRIC_LABELS.get(metric, metric)
     parts = [f"# {title}", ""]
     if df.empty:
@@ -93,7 +104,7 @@ def render_markdown(df: pd.DataFrame, *, title: str, metric: str, image: str | N
         parts += [DDRANKING_NOTE, "", markdown_table(_label_robust_display(lr)), ""]
     if image:
         parts += ["## Accuracy vs IPC", "", f"![{label} vs IPC]({image})", ""]
-    return "\n".join(parts)
+    return "\n".join(parts + _set_grids_section(set_grids))
 
 
 def render_terminal(df: pd.DataFrame, *, metric: str = "top1_final", title: str = "Benchmark report") -> str:
@@ -106,9 +117,10 @@ def _group_slug(key: tuple[str, str, str]) -> str:
 
 
 def write_report(df: pd.DataFrame, out_dir: Path, *, metric: str = "top1_final",
-                 title: str = "Benchmark report") -> dict[str, Path]:
+                 title: str = "Benchmark report", set_grids: Mapping[str, Path] | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``table_<group>.csv`` per group, ``top1_vs_ipc.png`` (and
-    ``label_robust.csv`` / ``storage.csv`` when they have rows) into ``out_dir``.
+    ``label_robust.csv`` / ``storage.csv`` when they have rows) into ``out_dir``; ``set_grids``
+    (``{file name: PNG already in out_dir}``) are shown in a section of their own.
 
     Returns ``{file name: path}``. Each ``table_<group>.csv`` is :func:`paper_table_numeric` (long
     format: method, ipc, mean, std, n, best), ``<group>`` being ``protocol_labelmode_model``.
@@ -127,11 +139,11 @@ def write_report(df: pd.DataFrame, out_dir: Path, *, metric: str = "top1_final",
         if name.startswith("table_") or not table.empty:
             table.to_csv(out_dir / name, index=False)
             paths[name] = out_dir / name
-    (out_dir / "report.md").write_text(render_markdown(df, title=title, metric=metric, image=png.name),
-                                       encoding="utf-8")
+    markdown = render_markdown(df, title=title, metric=metric, image=png.name, set_grids=set_grids or {})
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
     paths["report.md"] = out_dir / "report.md"
     paths[png.name] = png
-    return paths
+    return {**paths, **(set_grids or {})}
 
 
 def _attach_run(mlflow_client, exp, parent_run_id: str) -> str:
@@ -187,7 +199,10 @@ def run_report(tracking_uri: str, experiment: str, out_dir: Path, log: bool = Tr
     if df.empty:
         raise OrchestratorError(f"experiment {experiment!r} has no FINISHED runs tagged role=cell yet: "
                                 "nothing to report")
-    paths = write_report(df, Path(out_dir), metric=metric, title=f"Benchmark report: {experiment}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_report(df, out_dir, metric=metric, title=f"Benchmark report: {experiment}",
+                         set_grids=write_set_grids(tracking_uri, df, out_dir))
     if log:
         log_report(tracking_uri, experiment, paths, parent_run_id)
     return paths
