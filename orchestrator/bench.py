@@ -31,6 +31,8 @@ import json
 import math
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +63,7 @@ class BenchContext:
     quick: bool = False
     output_dir: Path = Path("outputs")
     address: str | None = None
+    peer_python: str | None = None  # DD-Ranking's interpreter (its own venv) for the `peer` benchmark
     ray_started: bool = field(default=False, init=False)
     figures: dict[str, Figure] = field(default_factory=dict, init=False)  # "<benchmark>.<figure>" so far
 
@@ -631,6 +634,46 @@ def bench_predict(ctx: BenchContext, *, sweep: Path = BENCHMARK_SWEEP) -> dict[s
             "sweep_h": Figure(seconds / 3600, "h"), "mean_cell_s": Figure(seconds / len(cells), "s")}
 
 
+# --------------------------------------------------------------------------- the DD-Ranking peer
+
+PEER_SCRIPT = REPO / "scripts" / "ddranking_peer.py"
+PEER_SETUP = ("python -m venv --system-site-packages /tmp/ddr && /tmp/ddr/bin/pip install ddranking==0.2.0, "
+              "then pass --peer-python /tmp/ddr/bin/python")
+
+
+def timed_run(command: list[str]) -> tuple[float, str]:
+    """(wall seconds, stdout) of a command run to completion; its failure is an error with its tail."""
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed ({done.returncode}): {done.stderr[-800:]}")
+    return time.perf_counter() - started, done.stdout
+
+
+def bench_peer(ctx: BenchContext) -> dict[str, Figure]:
+    """A whole fmnist-hard cell (random, IPC 10, seed 0: 300 epochs, --quick 20) as a user runs it
+    (`python -m orchestrator run`, a fresh process), then DD-Ranking 0.2's hard-label evaluator on the
+    same images for the same epochs (scripts/ddranking_peer.py in its own venv), one after the other."""
+    if not ctx.peer_python:
+        raise RuntimeError(f"the peer benchmark needs DD-Ranking's python: {PEER_SETUP}")
+    from orchestrator.cell import prepare_data
+
+    epochs = 20 if ctx.quick else 300
+    with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp, env_without("MLFLOW_TRACKING_URI"):
+        data = prepare_data(protocol_config({"output_dir": tmp, "data.root": str(ctx.data_root), "data.ipc": 10}))
+        ours_s, output = timed_run([sys.executable, "-m", "orchestrator", "run", "--config", str(PROTOCOL),
+                                    "--method", "random", "--ipc", "10", "--seed", "0", "--epochs", str(epochs),
+                                    "--output-dir", tmp, "--set", f"data.root={ctx.data_root}"])
+        top1 = float(re.search(r"top-1 final ([0-9.]+)", output).group(1))
+        peer_s, line = timed_run([ctx.peer_python, str(PEER_SCRIPT), "--set", str(data.train.path),
+                                  "--test", str(data.val.path),
+                                  "--epochs", str(epochs)])
+    peer = json.loads(line.strip().splitlines()[-1])
+    return {"epochs": Figure(epochs, "epochs"), "cell_wall_s": Figure(ours_s, "s"),
+            "cell_top1_final": Figure(top1, "%"), "ddranking_wall_s": Figure(peer_s, "s"),
+            "ddranking_train_s": Figure(peer["wall_s"], "s"), "ddranking_top1_best": Figure(peer["top1_best"], "%")}
+
+
 BENCHMARKS: dict[str, BenchFn] = {
     "augment": bench_augment,
     "pipeline": bench_pipeline,
@@ -639,22 +682,26 @@ BENCHMARKS: dict[str, BenchFn] = {
     "dynamics_memory": bench_dynamics_memory,
     "cell": bench_cell,
     "predict": bench_predict,
+    "peer": bench_peer,
 }
+ON_REQUEST = {"peer"}  # run only when named (--only) or when its tool is given (--peer-python)
 # ratio name -> (figure, its reference figure), both measured in the same run
 RATIOS = {
     "ratios.cell_step_vs_fastest": ("cell.train_images_per_s", "train_step.fastest_images_per_s"),
     "ratios.ray_vs_bare_loop": ("cell.train_images_per_s", "cell.bare_loop_images_per_s"),
     "ratios.eval_vs_fp32": ("eval.images_per_s", "eval.fp32_images_per_s"),
+    "ratios.cell_vs_ddranking": ("peer.cell_wall_s", "peer.ddranking_wall_s"),
 }
 
 
 # --------------------------------------------------------------------------- running and output
 
 
-def select(names: list[str] | None) -> list[str]:
-    """Benchmark names to run, in registry order; unknown names are an error that lists the known ones."""
+def select(names: list[str] | None, peer_python: str | None = None) -> list[str]:
+    """Benchmark names to run, in registry order; unknown names are an error that lists the known ones.
+    By default every benchmark but the peer comparison, which runs when its interpreter is given."""
     if not names:
-        return list(BENCHMARKS)
+        return [name for name in BENCHMARKS if name not in ON_REQUEST or peer_python]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         from orchestrator.errors import ConfigError
@@ -766,13 +813,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="data cache (<dir>/data) and default JSON folder (<dir>/bench)")
     parser.add_argument("--json", help="JSON results path (default <output-dir>/bench/bench-<timestamp>.json)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--peer-python", help="DD-Ranking 0.2's python for the `peer` benchmark (our cell vs its "
+                                              "evaluator on the same images): " + PEER_SETUP.split(", then")[0])
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every benchmark reads local files only
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    names = select(args.only)
-    ctx = BenchContext(quick=args.quick, output_dir=Path(args.output_dir), address=args.address)
+    names = select(args.only, args.peer_python)
+    ctx = BenchContext(quick=args.quick, output_dir=Path(args.output_dir), address=args.address,
+                       peer_python=args.peer_python)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     machine = machine_facts()
     results = run_benchmarks(names, ctx)

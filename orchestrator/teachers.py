@@ -38,7 +38,8 @@ def teacher_training_config(config: Config, run: int = 0) -> Config:
                             "model.name": config.teacher.model, "schedule.epochs": config.teacher.epochs,
                             "train.batch_size": config.teacher.batch_size, "mix.type": "none",
                             "augment.scale": list(config.teacher.crop_scale), "seed": config.teacher.seed + run,
-                            "eval.every": 1, "train.checkpoint_every": 1, "teacher.source": "auto"})
+                            "eval.every": 1, "train.checkpoint_every": 1, "teacher.source": "auto",
+                            "train.threads": 0})  # the driver trains it alone: every core, whatever cells use
 
 
 _FINGERPRINTS: dict[tuple, str] = {}

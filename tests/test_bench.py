@@ -37,7 +37,8 @@ def ctx(tmp_path) -> BenchContext:
 
 
 def test_registry_names_every_benchmark():
-    assert list(BENCHMARKS) == ["augment", "pipeline", "train_step", "eval", "dynamics_memory", "cell", "predict"]
+    assert list(BENCHMARKS) == ["augment", "pipeline", "train_step", "eval", "dynamics_memory", "cell", "predict",
+                                "peer"]
     assert all(callable(fn) for fn in BENCHMARKS.values())
 
 
@@ -169,10 +170,16 @@ def test_quick_json_of_the_cheap_benchmarks_has_flat_figures(monkeypatch, tmp_pa
 
 
 def test_select_keeps_registry_order_and_rejects_unknown():
-    assert bench.select(None) == list(BENCHMARKS)
+    assert bench.select(None) == [name for name in BENCHMARKS if name != "peer"]  # the peer needs its own venv
+    assert bench.select(None, peer_python="/venv/bin/python") == list(BENCHMARKS)
     assert bench.select(["cell", "pipeline"]) == ["pipeline", "cell"]
     with pytest.raises(ConfigError, match="unknown benchmark"):
         bench.select(["nope"])
+
+
+def test_peer_without_its_python_names_how_to_install_it(ctx):
+    with pytest.raises(RuntimeError, match=r"pip install ddranking==0\.2\.0.*--peer-python"):
+        bench.bench_peer(ctx)
 
 
 def test_only_runs_the_selected_benchmarks(monkeypatch, tmp_path, capsys):
