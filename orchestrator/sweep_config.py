@@ -119,7 +119,8 @@ def expand_cells(protocols: dict[str, Path], axes: dict | list[dict], common: di
                  exclude: list[dict] | None = None) -> list[Config]:
     """The grid (axes in the order of AXES), as validated Configs.
 
-    `axes` may be a list of grids (their union: e.g. methods published at different IPCs);
+    `axes` may be a list of grids (their union: e.g. methods published at different IPCs), each
+    with its own `set:` of overrides on top of the sweep's (e.g. prune.reverse for one rule only);
     `exclude` drops combinations matching every key of one entry (e.g. {method: pca, label_mode: soft}).
     """
     grids = axes if isinstance(axes, list) else [axes]
@@ -130,7 +131,7 @@ def expand_cells(protocols: dict[str, Path], axes: dict | list[dict], common: di
             if any(all(chosen.get(k) == v for k, v in rule.items()) for rule in exclude or []):
                 continue
             tree = pick_protocol(trees, chosen.get("label_mode"))
-            overrides = {**common, **{AXES[axis]: value for axis, value in chosen.items()}}
+            overrides = {**common, **(grid.get("set") or {}), **{AXES[axis]: value for axis, value in chosen.items()}}
             config = anchor_paths(config_from_dict(apply_overrides(tree, overrides)))
             if cell_name(config) not in seen:
                 seen.add(cell_name(config))
@@ -140,8 +141,8 @@ def expand_cells(protocols: dict[str, Path], axes: dict | list[dict], common: di
 
 def grid_points(grid: dict) -> list[dict]:
     for axis in grid:
-        if axis not in AXES:
-            raise ConfigError(unknown_key_message(f"axes.{axis}", [f"axes.{a}" for a in AXES]))
+        if axis not in AXES and axis != "set":
+            raise ConfigError(unknown_key_message(f"axes.{axis}", [f"axes.{a}" for a in [*AXES, "set"]]))
     names = [axis for axis in AXES if axis in grid]
     return [dict(zip(names, combo)) for combo in itertools.product(*(as_list(grid[a]) for a in names))]
 

@@ -64,10 +64,23 @@ def test_sweep_config_errors_name_the_fix(tmp_path, data_root):
         load_sweep(write_sweep(tmp_path, data_root, search={"space": {"optim.lr": [0.1, 0.2]}}))
 
 
+def test_a_grid_may_carry_its_own_overrides(tmp_path, data_root):
+    """One rule reversed (easy-first) beside methods that refuse prune.reverse, in one sweep."""
+    grids = [{"method": ["random", "pca"], "ipc": [10], "label_mode": ["hard"], "seed": [0]},
+             {"method": ["el2n"], "set": {"prune.reverse": True}, "ipc": [10], "label_mode": ["hard"], "seed": [0]}]
+    cells = load_sweep(write_sweep(tmp_path, data_root, axes=grids)).cells
+    assert {c.data.method: c.prune.reverse for c in cells} == {"random": False, "pca": False, "el2n": True}
+    grids[1]["set"] = {"prune.revers": True}
+    with pytest.raises(ConfigError, match="prune.revers"):
+        load_sweep(write_sweep(tmp_path, data_root, axes=grids))
+
+
 def test_shipped_sweeps_expand(tmp_path):
     counts = {name: len(load_sweep(REPO / "configs/sweeps" / f"{name}.yaml").cells)
-              for name in ("quickstart", "fashion-mnist-benchmark", "imagenet-soft", "imagenet-hard")}
-    assert counts["quickstart"] >= 8
+              for name in ("quickstart", "fashion-mnist-benchmark", "fashion-mnist-results", "imagenet-soft",
+                           "imagenet-hard")}
+    assert counts["quickstart"] == 10
+    assert counts["fashion-mnist-results"] == 2 * 3 * (8 * 2 + 1)  # IPC x seeds x (8 methods x 2 labels + hard PCA)
     assert counts["fashion-mnist-benchmark"] == 6 * 3 * 2 * 3 - 3 * 3  # no soft PCA
     assert counts["imagenet-hard"] > 30 and counts["imagenet-soft"] > 30
     asha = load_sweep(REPO / "configs/sweeps/asha-lr-cutmix.yaml")

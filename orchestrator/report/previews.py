@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ def preview_runs(df: pd.DataFrame, ipc: int) -> dict[str, str]:
 
 def load_previews(tracking_uri: str, runs: dict[str, str], tmp: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Download and decode each run's preview; runs logged before previews existed are skipped."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per tiny file otherwise
     mlflow_client, sets = client(tracking_uri), {}
     for method, run_id in runs.items():
         try:
