@@ -23,7 +23,7 @@ from orchestrator.errors import ConfigError, DataError, OrchestratorError
 from orchestrator.report import check_artifact_keys, load_cell_runs
 from orchestrator.teacher_job import missing_runs, train_teacher
 from orchestrator.teachers import artifact_key, dynamics_dir, dynamics_key, resolve_teacher, teacher_key, \
-    teacher_path
+    teacher_path, teacher_training_config
 from orchestrator.tracking import tracking_uri
 from pca.methods import load_scores
 from trainers.dynamics import verify_manifest
@@ -80,6 +80,13 @@ def test_key_covers_the_recipe_the_seed_and_the_training_set(cache_config, tmp_p
 def _fake_teacher(path, meta):
     model = create_student("convnet3_w32", num_classes=10, in_chans=1, img_size=28)
     return save_teacher(model, path, meta)
+
+
+def test_the_teacher_trains_on_every_core_whatever_the_cells_use(cache_config):
+    """A sweep of one-thread cells (two at a time) must not leave its teacher on one core."""
+    config = cache_config(**{"train.threads": 1})
+    assert teacher_training_config(config).train.threads == 0  # 0: every CPU the process has
+    assert teacher_key(config) == teacher_key(cache_config())  # and threads never change its key
 
 
 def test_a_teacher_file_of_other_settings_or_damaged_fails_in_the_driver(cache_config):
