@@ -23,7 +23,8 @@ MethodFn = Callable[[Config, datasets.Dataset], datasets.Dataset]
 def describe_method(fn: MethodFn, *, needs_dynamics: bool = False, reversible: bool = False,
                     tile_grid: Callable[[Config], int] | None = None,
                     teachers: Callable[[Config], list[Config]] | None = None,
-                    generation_cost: Callable[[Config], dict[str, float]] | None = None) -> MethodFn:
+                    generation_cost: Callable[[Config], dict[str, float]] | None = None,
+                    check: Callable[[Config], None] | None = None) -> MethodFn:
     """Record on a method what the rest of the system needs to know about the set it produces.
 
     needs_dynamics: it reads pruning scores from the teacher runs' training dynamics;
@@ -33,13 +34,15 @@ def describe_method(fn: MethodFn, *, needs_dynamics: bool = False, reversible: b
     teachers: the configs of extra teachers its sets are made with (a distillation teacher), trained
         by the driver before cells run (`teacher_job.ensure_prerequisites`), never by a sweep trial;
     generation_cost: metrics of what making the cell's (already made) set cost, logged with the cell
-        (a distilled set: `distill/generation_s`, `distill/generation_images`).
+        (a distilled set: `distill/generation_s`, `distill/generation_images`);
+    check: raises ConfigError for settings the method refuses, before any cell of a sweep trains.
     """
     fn.needs_dynamics = needs_dynamics
     fn.reversible = reversible
     fn.tile_grid = tile_grid or (lambda config: 1)
     fn.teachers = teachers or (lambda config: [])
     fn.generation_cost = generation_cost or (lambda config: {})
+    fn.check = check or (lambda config: None)
     return fn
 
 

@@ -276,8 +276,14 @@ def pca_tiles(config: Config) -> int:
     return config.prune.pca_grid
 
 
+def check_pca(config: Config) -> None:
+    from pca.pipeline import check_pca_config  # pca.pipeline imports this module
+
+    check_pca_config(config)
+
+
 # What pca/ contributes to the registry (orchestrator.methods.METHODS).
 PRUNE_METHODS = {
     **{rule: describe_method(_rule_method(rule), needs_dynamics=True, reversible=True) for rule in PRUNING_RULES},
-    "pca": describe_method(method_pca, needs_dynamics=True, tile_grid=pca_tiles),
+    "pca": describe_method(method_pca, needs_dynamics=True, tile_grid=pca_tiles, check=check_pca),
 }

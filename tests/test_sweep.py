@@ -171,6 +171,18 @@ def test_unknown_method_fails_before_any_cell_even_in_a_dry_run(tmp_path, data_r
     assert not (tmp_path / "out").exists()
 
 
+def test_settings_a_method_refuses_fail_before_any_cell(tmp_path, data_root, capsys):
+    """A sweep-wide prune.reverse (meant for a pruning rule) reaching PCA cells: refused at load time."""
+    from orchestrator.cli import main
+
+    path = write_sweep(tmp_path, data_root, axes={"method": ["el2n", "pca"], "ipc": [2], "label_mode": ["hard"],
+                                                  "seed": [0]},
+                       set={**TINY, "data.root": str(data_root), "prune.reverse": True})
+    code = main(["sweep", "--config", str(path), "--dry-run"])
+    text = capsys.readouterr().err
+    assert code == 2 and "cell pca-ipc2-hard" in text and "leave prune.reverse false" in text
+
+
 @pytest.mark.slow
 def test_failed_cell_is_named_and_the_parent_run_is_not_left_running(ray_cluster, tmp_path, data_root):
     path = write_sweep(tmp_path, data_root, axes={"method": ["random"], "ipc": [7000], "label_mode": ["hard"],
