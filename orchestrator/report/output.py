@@ -79,7 +79,7 @@ def _set_grids_section(grids: Iterable[str]) -> list[str]:
     grids = list(grids)
     if not grids:
         return []
-    parts = ["## The sets", "", f"The first images of each class in each method's set (lowest seed; one row per "
+    parts = ["## The sets", "", "The first images of each class in each method's set (lowest seed; one row per "
              "class). PCA and RDED store several source images per stored image; distilled sets are synthetic.", ""]
     return parts + [f"![sets]({name})" for name in grids] + [""]
 
