@@ -112,7 +112,7 @@ def write_indexed_parquet(dataset: datasets.Dataset, path: Path) -> None:
     """The benchmark schema plus the stable `index` key, written atomically."""
     table = to_benchmark_table(dataset)
     if "index" in dataset.column_names:
-        table = table.append_column("index", pa.array(dataset["index"], pa.int64()))
+        table = table.append_column("index", arrow_column(dataset, "index").cast(pa.int64()))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 

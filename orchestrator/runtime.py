@@ -237,9 +237,14 @@ def stop_local_ray(record: Path) -> None:
 
 
 def use_gpu(setting: bool | None) -> bool:
-    """None means: use CUDA (and NCCL) when the cluster has GPUs, else CPU and gloo."""
+    """None means: use CUDA (and NCCL) when the cluster has GPUs (this machine, when no Ray is
+    running: a one-process cell), else CPU and gloo."""
     if setting is not None:
         return setting
     import ray
 
+    if not ray.is_initialized():
+        import torch
+
+        return torch.cuda.is_available()
     return ray.cluster_resources().get("GPU", 0) > 0

@@ -6,8 +6,10 @@ import io
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,3 +150,23 @@ def test_cell_console_is_one_line_per_epoch(ray_cluster, tmp_path, data_root):
     written = [p for p in logs.glob("*") if p.is_file() and p.stat().st_mtime >= started]
     assert [p for p in written if p.name.startswith("orchestrator-driver-")], "the driver's Ray records are kept"
     assert not [p for p in written if "not writable" in p.read_text(errors="replace")]
+
+
+def test_a_laptop_cell_on_a_small_set_starts_no_ray(tmp_path, data_root):
+    """`run` of a one-process cell whose sets decode in this process trains in Ray Train's local mode
+    without starting a Ray cluster (no `Ray's logs` line, no Ray session folder); it still tracks the run."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="norays-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    args = ["run", "--config", str(REPO / "configs/fmnist-hard.yaml"), "--output-dir", str(tmp_path / "out"),
+            "--ipc", "2", "--epochs", "2", "--set", f"data.root={data_root}", "--set", "train.batch_size=8",
+            "--set", "train.threads=1"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TMPDIR=str(ray_tmp))
+    for name in ("RAY_ADDRESS", "ORCHESTRATOR_VERBOSE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    console = done.stdout
+    assert done.returncode == 0, console
+    assert re.search(r"top-1 final [0-9.]+", console) and "MLflow: sqlite:" in console, console
+    assert "Ray's logs" not in console and "Started a local Ray instance" not in console, console
+    assert not (ray_tmp / "ray").exists(), sorted(p.name for p in ray_tmp.iterdir())
+    shutil.rmtree(ray_tmp)
