@@ -42,7 +42,7 @@ class DataConfig:
     mean: tuple[float, ...] = (0.2860,)
     std: tuple[float, ...] = (0.3530,)
     root: str = "data"  # prepared datasets and subset cache, relative to output_dir
-    check_images: bool = True  # decode every training image before training
+    check_images: bool = True  # decode every training image of a user-given dataset before training
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,11 @@ class Source:
     split: str
 
     @property
+    def prepared_here(self) -> bool:
+        """A registered dataset (Fashion-MNIST): its PNGs were encoded by `prepare` from the raw files."""
+        return self.spec in REGISTERED
+
+    @property
     def num_classes(self) -> int:
         if self.classes:
             return len(self.classes)
