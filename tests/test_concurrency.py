@@ -56,10 +56,11 @@ def cell_runs(out: Path, experiment: str):
 
 @pytest.mark.slow
 def test_cells_from_separate_processes_land_complete_and_once(tmp_path, data_root):
-    """4 cells (and one of them twice) launched at once as separate `run`s on one output folder."""
+    """4 cells (and one of them twice) launched at once as separate `run`s on one output folder; each
+    trains in a Ray Train worker (a one-process cell on a small set needs no Ray), so they share one Ray."""
     out, epochs = tmp_path / "out", 2
     common = run_command(out, data_root, "--ipc", "2", "--epochs", str(epochs), "--batch-size", "8",
-                         "--set", "train.cpus_per_worker=0.25", "--set", "train.threads=1")
+                         "--workers", "1", "--set", "train.cpus_per_worker=0.25", "--set", "train.threads=1")
     seeds = [0, 1, 2, 3, 0]
     children = [subprocess.Popen(common + ["--seed", str(seed)], cwd=REPO, env=child_env(tmp_path),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in seeds]
