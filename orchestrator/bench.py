@@ -8,7 +8,8 @@ Speed and memory targets live here, never in timed tests. Each benchmark is one 
     train_step       ConvNet-3's bare step (batch 128, 28 px, all CPUs) per StepVariant (fp32 eager,
                      channels_last, torch.compile, bf16 autocast); the fastest is the reference
     eval             the 10,000 test images through trainers.evaluate.evaluate, inference mode, all
-                     CPUs, fp32 vs bf16: images/s and top-1 difference on a briefly trained model
+                     CPUs, fp32 vs bf16: images/s and top-1 difference on a briefly trained model;
+                     the reference: the same fp32 pass NCHW throughout at batch 1000 (before 2026-11-26)
     dynamics_memory  DynamicsWriter peak traced memory for E epochs (flat in E) and bytes on disk
     cell             one real tiny cell through run_cell (the orchestration overhead), then the
                      same epochs as a bare PyTorch loop (the reference of its images/s)
@@ -239,6 +240,7 @@ STEP_VARIANTS = (StepVariant("fp32"), StepVariant("fp32_cl", channels_last=True)
                  StepVariant("bf16_cl", "bf16", channels_last=True),
                  StepVariant("bf16_cl_compile", "bf16", channels_last=True, compile=True))
 SLOW_FACTOR = 4.0  # a variant whose first timed step is this much slower than fp32's is not timed further
+PLAIN_EVAL_BATCH = 1000  # the fmnist protocols' evaluation batch before it became 32
 
 
 def step_variants(quick: bool, device: str = "cpu") -> tuple[StepVariant, ...]:
@@ -360,6 +362,21 @@ def eval_pass(model, images, labels, *, precision: str, batch: int, limit_s: flo
     return summary, time.perf_counter() - started
 
 
+def plain_eval_rate(model, images, labels, *, batch: int = PLAIN_EVAL_BATCH) -> float:
+    """fp32 images/s of the same evaluation as it ran before 2026-11-26: NCHW throughout (no
+    ConvBlock CPU inference layout), batch 1000: the reference of ratios.eval_vs_plain."""
+    from trainers.models import ConvBlock
+
+    blocks = [module for module in model.modules() if isinstance(module, ConvBlock)]
+    for block in blocks:
+        block.cpu_inference_layout = False
+    try:
+        return rate(len(labels), eval_pass(model, images, labels, precision="fp32", batch=batch)[1])
+    finally:
+        for block in blocks:
+            block.cpu_inference_layout = True
+
+
 def briefly_trained_convnet(config, steps: int):
     """ConvNet-3 after `steps` AdamW steps (batch 128) on Fashion-MNIST training images: a model
     whose top-1 (~70 %) can move when the precision changes."""
@@ -387,7 +404,7 @@ TOP1_TOLERANCE_PT = 0.1  # a precision serves evaluation only if its top-1 is wi
 
 
 def bench_eval(ctx: BenchContext, *, images: int | None = None, train_steps: int | None = None,
-               precisions: tuple[str, ...] | None = None) -> dict[str, Figure]:
+               precisions: tuple[str, ...] | None = None, batch: int | None = None) -> dict[str, Figure]:
     """Evaluation of the Fashion-MNIST test images (trainers.evaluate.evaluate, inference mode, all
     CPUs) per precision, on a briefly trained ConvNet-3 (--quick: the first 2,000 images, 5 steps):
     images/s, top-1, and each precision's top-1 minus fp32's on the same images. `images_per_s` is
@@ -395,7 +412,8 @@ def bench_eval(ctx: BenchContext, *, images: int | None = None, train_steps: int
 
     A precision SLOW_FACTOR x slower than fp32 on its first batch is measured on that batch only
     (bf16 on a CPU without native bf16); its top-1 difference is then over those images. --quick
-    skips bf16 where it is not native.
+    skips bf16 where it is not native. Batches of `batch` images (default: the protocol's
+    eval.batch_size); `plain_images_per_s` is the NCHW, batch-1000 reference (plain_eval_rate).
     """
     import torch
 
@@ -411,7 +429,7 @@ def bench_eval(ctx: BenchContext, *, images: int | None = None, train_steps: int
     views = eval_views(np.array(raw[:images]), resize=config.eval.resize, crop=config.eval.crop,
                        mean=config.data.mean, std=config.data.std)
     targets = torch.from_numpy(labels[:images])
-    batch, threads = config.eval.batch_size, all_cpus()
+    batch, threads = batch or config.eval.batch_size, all_cpus()
     with torch_threads(threads):
         model = briefly_trained_convnet(config, train_steps or (5 if ctx.quick else 40))
         eval_pass(model, views[:batch], targets[:batch], precision="fp32", batch=batch)  # warm-up
@@ -420,6 +438,7 @@ def bench_eval(ctx: BenchContext, *, images: int | None = None, train_steps: int
                    "fp32_images_per_s": Figure(rate(len(targets), fp32_s), "images/s"),
                    "fp32_top1": Figure(reference["top1"], "%")}
         usable = {"fp32": rate(len(targets), fp32_s)}
+        figures["plain_images_per_s"] = Figure(plain_eval_rate(model, views, targets), "images/s")
         for precision in (p for p in precisions if p != "fp32"):
             summary, seconds = eval_pass(model, views, targets, precision=precision, batch=batch,
                                          limit_s=SLOW_FACTOR * fp32_s * batch / len(targets))
@@ -690,6 +709,7 @@ RATIOS = {
     "ratios.cell_step_vs_fastest": ("cell.train_images_per_s", "train_step.fastest_images_per_s"),
     "ratios.ray_vs_bare_loop": ("cell.train_images_per_s", "cell.bare_loop_images_per_s"),
     "ratios.eval_vs_fp32": ("eval.images_per_s", "eval.fp32_images_per_s"),
+    "ratios.eval_vs_plain": ("eval.images_per_s", "eval.plain_images_per_s"),
     "ratios.cell_vs_ddranking": ("peer.cell_wall_s", "peer.ddranking_wall_s"),
 }
 

@@ -90,9 +90,10 @@ def test_time_steps_stops_a_step_slower_than_the_cutoff():
 
 
 def test_eval_figures_per_precision(ctx):
-    figures = bench.bench_eval(ctx, images=200, train_steps=2, precisions=("fp32", "bf16"))
+    figures = bench.bench_eval(ctx, images=200, train_steps=2, precisions=("fp32", "bf16"), batch=200)
     assert_figures(figures, {"images", "threads", "fp32_images_per_s", "fp32_top1", "bf16_images_per_s",
-                             "bf16_top1", "bf16_top1_minus_fp32", "bf16_vs_fp32", "images_per_s", "seconds_10k"})
+                             "bf16_top1", "bf16_top1_minus_fp32", "bf16_vs_fp32", "images_per_s", "seconds_10k",
+                             "plain_images_per_s"})
     assert figures["images"].value == 200 and figures["bf16_images"].value == 200  # one batch
     diff = figures["bf16_top1_minus_fp32"].value
     assert diff == pytest.approx(figures["bf16_top1"].value - figures["fp32_top1"].value)
