@@ -6,7 +6,7 @@ Speed and memory targets live here, never in timed tests. Each benchmark is one 
     augment          train_views (the per-sample seeded augmentation) on Fashion-MNIST, 1 thread
     pipeline         Ray Data: read_parquet + decode (train_dataset) + one epoch of train_batches
     train_step       ConvNet-3's bare step (batch 128, 28 px, all CPUs) per StepVariant (fp32 eager,
-                     channels_last, torch.compile, bf16 autocast); the fastest is the reference
+                     in chunks of 32, channels_last, torch.compile, bf16 autocast); the fastest is the reference
     eval             the 10,000 test images through trainers.evaluate.evaluate, inference mode, all
                      CPUs, fp32 vs bf16: images/s and top-1 difference on a briefly trained model;
                      the reference: the same fp32 pass NCHW throughout at batch 1000 (before 2026-11-26)
@@ -227,15 +227,16 @@ def bench_pipeline(ctx: BenchContext) -> dict[str, Figure]:
 
 @dataclass(frozen=True)
 class StepVariant:
-    """One way to run the training step (trainers/precision.py's switches)."""
+    """One way to run the training step (trainers/precision.py's switches; `chunk`: train.chunk)."""
 
     name: str
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    chunk: int = 0
 
 
-STEP_VARIANTS = (StepVariant("fp32"), StepVariant("fp32_cl", channels_last=True),
+STEP_VARIANTS = (StepVariant("fp32"), StepVariant("fp32_chunk32", chunk=32), StepVariant("fp32_cl", channels_last=True),
                  StepVariant("fp32_compile", compile=True), StepVariant("bf16", "bf16"),
                  StepVariant("bf16_cl", "bf16", channels_last=True),
                  StepVariant("bf16_cl_compile", "bf16", channels_last=True, compile=True))
@@ -270,13 +271,27 @@ def time_steps(step: Callable[[], None], *, budget: float, cutoff: float | None)
     return time.perf_counter() - started, steps, False
 
 
+def bare_backward(model, images, labels, *, precision: str, chunk: int, weight: float = 1.0) -> None:
+    """Cross-entropy's gradient of one batch, `chunk` images at a time (0: the whole batch)."""
+    import torch
+
+    from trainers.precision import autocast
+
+    size = chunk or len(labels)
+    for start in range(0, len(labels), size):
+        part = slice(start, start + size)
+        with autocast("cpu", precision):
+            loss = torch.nn.functional.cross_entropy(model(images[part]), labels[part])
+        (loss * (weight * len(labels[part]) / len(labels))).backward()
+
+
 def variant_step(variant: StepVariant, config, *, model: str, images, labels) -> tuple[Callable[[], None], int]:
     """(one training step of a fresh student run the variant's way, the student's parameter count)."""
     import torch
 
     from trainers.models import create_student
     from trainers.optim import build_optimizer
-    from trainers.precision import autocast, prepare_model, to_device_batch
+    from trainers.precision import prepare_model, to_device_batch
 
     torch.manual_seed(0)
     net = create_student(model, num_classes=10, in_chans=config.in_chans, img_size=config.model.input_size)
@@ -287,9 +302,7 @@ def variant_step(variant: StepVariant, config, *, model: str, images, labels) ->
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast("cpu", variant.precision):
-            loss = torch.nn.functional.cross_entropy(net(batch_images), labels)
-        loss.backward()
+        bare_backward(net, batch_images, labels, precision=variant.precision, chunk=variant.chunk)
         optimizer.step()
 
     return step, sum(p.numel() for p in net.parameters())
@@ -515,9 +528,9 @@ def bench_dynamics_memory(ctx: BenchContext, *, samples: int | None = None,
 
 
 def step_settings(config) -> StepVariant:
-    """The protocol's own step switches: train.precision / channels_last / compile."""
+    """The protocol's own step switches: train.precision / channels_last / compile / chunk."""
     train = config.train
-    return StepVariant("protocol", train.precision, train.channels_last, train.compile)
+    return StepVariant("protocol", train.precision, train.channels_last, train.compile, train.chunk)
 
 
 def bare_loop_images_per_s(config, arrays: dict) -> float:
@@ -526,9 +539,10 @@ def bare_loop_images_per_s(config, arrays: dict) -> float:
     import torch
 
     from trainers.batches import MemoryBatches, augment_settings
+    from trainers.loop import exact_chunk
     from trainers.models import create_student
     from trainers.optim import build_optimizer
-    from trainers.precision import autocast, prepare_model, to_device_batch
+    from trainers.precision import prepare_model, to_device_batch
 
     settings = step_settings(config)
     torch.manual_seed(config.seed)
@@ -537,6 +551,7 @@ def bare_loop_images_per_s(config, arrays: dict) -> float:
     optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
                                 weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
     model = prepare_model(model, channels_last=settings.channels_last, compile=settings.compile)
+    chunk = exact_chunk(settings.chunk, model)
     memory = MemoryBatches(arrays, grid=1, tile_views="image", augment=augment_settings(config))
     seen, started = 0, time.perf_counter()
     with torch_threads(config.train.threads or all_cpus()):
@@ -546,9 +561,8 @@ def bare_loop_images_per_s(config, arrays: dict) -> float:
                 optimizer.zero_grad(set_to_none=True)
                 for micro in micro_batches:
                     images = to_device_batch(micro.image, "cpu", settings.channels_last)
-                    with autocast("cpu", settings.precision):
-                        loss = torch.nn.functional.cross_entropy(model(images), micro.label)
-                    (loss * micro.weight).backward()
+                    bare_backward(model, images, micro.label, precision=settings.precision, chunk=chunk,
+                                  weight=micro.weight)
                     seen += len(micro.label)
                 optimizer.step()
     return rate(seen, time.perf_counter() - started)

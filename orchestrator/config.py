@@ -118,6 +118,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward and loss; weights and optimizer stay fp32)
     channels_last: bool = False  # NHWC memory format for the student's convolutions
     compile: bool = False  # torch.compile the student (falls back to eager, with a warning, if it cannot)
+    chunk: int = 0  # forward/backward N views at a time where that keeps the gradient (no BatchNorm); 0 = whole batch
 
 
 @dataclass(frozen=True)
@@ -374,6 +375,8 @@ def validate(config: Config) -> None:
         raise ConfigError("'data.mean' and 'data.std' need the same number of channels")
     if config.train.workers < 0:
         raise ConfigError("'train.workers' must be >= 0 (0 = local mode in the driver)")
+    if config.train.chunk < 0:
+        raise ConfigError(f"'train.chunk' must be >= 0 (0 = the whole batch at once), got {config.train.chunk}")
 
 
 # ---------------------------------------------------------------- views of a config
@@ -419,7 +422,7 @@ def anchor_paths(config: Config) -> Config:
 
 
 RUN_ONLY_KEYS = {"output_dir", "experiment", "data.root", "train.checkpoint_every",
-                 "train.keep_checkpoints", "data.check_images", "eval.batch_size"}
+                 "train.keep_checkpoints", "data.check_images", "eval.batch_size", "train.chunk"}
 
 
 def config_hash(config: Config) -> str:

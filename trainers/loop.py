@@ -188,11 +188,12 @@ def train_one_epoch(config: Config, model, teacher, mixup, optimizer, steps, epo
                     dynamics) -> tuple[float, int, int]:
     """One pass over this rank's optimizer steps; returns (mean loss, views seen here, steps)."""
     model.train()
+    chunk = exact_chunk(config.train.chunk, model)
     total_loss, total_seen, step_count = 0.0, 0, 0
     for micro_batches in steps:
         optimizer.zero_grad(set_to_none=True)
         for micro in micro_batches:
-            loss, seen = forward_backward(config, model, teacher, mixup, micro, epoch, device, dynamics)
+            loss, seen = forward_backward(config, model, teacher, mixup, micro, epoch, device, dynamics, chunk)
             total_loss += loss * seen
             total_seen += seen
         optimizer.step()
@@ -200,12 +201,40 @@ def train_one_epoch(config: Config, model, teacher, mixup, optimizer, steps, epo
     return total_loss / max(total_seen, 1), total_seen, step_count
 
 
-def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, device, dynamics
-                     ) -> tuple[float, int]:
-    """Loss of one micro-batch, backpropagated with its weight; returns (mean loss, views)."""
+def exact_chunk(chunk: int, model: torch.nn.Module) -> int:
+    """`train.chunk` where running a batch's forward/backward in chunks gives the same gradient: no
+    layer of the model couples a batch's samples (BatchNorm does: then 0, the whole batch)."""
+    if chunk <= 0 or any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0
+    return chunk
+
+
+def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, device, dynamics,
+                     chunk: int = 0) -> tuple[float, int]:
+    """Loss of one micro-batch, backpropagated with its weight; returns (mean loss, views).
+
+    The batch is mixed whole, then (chunk > 0) its forward/backward runs `chunk` views at a time,
+    each chunk's mean loss weighted by its share: the gradient of the whole batch's mean loss, with
+    activations small enough to stay in a CPU's cache (docs/protocol.md §Deviations).
+    """
     images = precision.to_device_batch(micro.image, device, config.train.channels_last)
     labels = micro.label.to(device)
     images, targets = mix_batch(mixup, images, labels)
+    total, keys = len(images), micro.key.numpy()[: len(images)]
+    loss_sum, size = 0.0, chunk or max(total, 1)
+    for start in range(0, total, size):
+        part = slice(start, start + size)
+        loss, logits = chunk_loss(config, model, teacher, images[part], targets[part], device)
+        if dynamics is not None:
+            dynamics.add(epoch, keys[part], logits.detach().float().cpu(), labels[part].cpu().numpy())
+        share = len(keys[part]) / total
+        (loss * (micro.weight * share)).backward()
+        loss_sum += loss.item() * share
+    return loss_sum, total
+
+
+def chunk_loss(config: Config, model, teacher, images, targets, device):
+    """(the protocol loss's mean over these views, the student's logits)."""
     with precision.autocast(device, config.train.precision):
         logits = model(images)
         teacher_logits = None
@@ -214,11 +243,7 @@ def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, d
                 teacher_logits = teacher(images)
         loss = compute_loss(config.label_mode, logits.float(), targets, temperature=config.teacher.temperature,
                             teacher_logits=None if teacher_logits is None else teacher_logits.float())
-    if dynamics is not None:
-        dynamics.add(epoch, micro.key.numpy()[: len(logits)], logits.detach().float().cpu(),
-                     labels[: len(logits)].cpu().numpy())
-    (loss * micro.weight).backward()
-    return loss.item(), len(images)
+    return loss, logits
 
 
 def tile_views(config: Config) -> str:
