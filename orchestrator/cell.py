@@ -17,8 +17,8 @@ from pathlib import Path
 
 from orchestrator import tracking
 from orchestrator.config import Config, cell_name, to_dict
-from orchestrator.data.pipeline import (decodes_in_process, fits_in_memory, train_dataset, training_arrays,
-                                         val_dataset, validation_arrays)
+from orchestrator.data.pipeline import (train_dataset, train_decodes_here, training_arrays, val_dataset,
+                                         val_decodes_here, validation_arrays)
 from orchestrator.data.select import preview_rows
 from orchestrator.data.sources import check_class_sets
 from orchestrator.errors import ConfigError
@@ -162,12 +162,9 @@ def final_summary(result, run_dir: Path, in_process: bool) -> tuple[dict, Path]:
 def held_in_process(config: Config, data: CellData) -> bool:
     """Both splits decode in this process and fit in memory: a one-process cell then needs no Ray
     cluster (Ray Train's local mode runs without one), and a laptop run skips starting one (~5-9 s)."""
-    train_here = (fits_in_memory(data.train.num_rows, image_size=config.data.image_size, mode=config.data.mode)
-                  and decodes_in_process(data.train.num_rows, config.data.image_size))
-    val_here = (fits_in_memory(data.val.num_rows, image_size=config.eval.crop, mode=config.data.mode,
-                               bytes_per_value=4)
-                and decodes_in_process(data.val.num_rows, config.eval.resize))
-    return train_here and val_here
+    return (train_decodes_here(data.train.num_rows, image_size=config.data.image_size, mode=config.data.mode)
+            and val_decodes_here(data.val.num_rows, resize=config.eval.resize, crop=config.eval.crop,
+                                 mode=config.data.mode))
 
 
 def cell_inputs(config: Config, data: CellData) -> tuple[dict | None, dict | None, dict]:

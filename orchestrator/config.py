@@ -118,7 +118,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward and loss; weights and optimizer stay fp32)
     channels_last: bool = False  # NHWC memory format for the student's convolutions
     compile: bool = False  # torch.compile the student (falls back to eager, with a warning, if it cannot)
-    chunk: int = 0  # forward/backward N views at a time where that keeps the gradient (no BatchNorm); 0 = whole batch
+    chunk: int = 0  # on CPU, forward/backward N views at a time where that keeps the gradient (no BatchNorm); 0 = whole batch
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from orchestrator.config import Config
-from orchestrator.data.select import arrow_column, fingerprint, select_per_class, to_benchmark_table
+from orchestrator.data.select import arrow_column, fingerprint, select_per_class, write_parquet
 from orchestrator.data.sources import Source, check_images
 from orchestrator.distill_job import DISTILL_METHODS
 from orchestrator.errors import ConfigError, did_you_mean
-from orchestrator.files import atomic_path
 from orchestrator.method_spec import MethodFn, describe_method, from_template, require_ipc, with_index
 from pca.methods import PRUNE_METHODS
 
@@ -104,17 +101,8 @@ def materialize(dataset: datasets.Dataset, directory: Path, name: str, check: bo
     if not path.exists():
         if check:
             check_images(dataset)
-        write_indexed_parquet(dataset, path)
+        write_parquet(dataset, path, keep_index=True)
     return PreparedSet(path, len(dataset), digest, image_bytes(dataset))
-
-
-def write_indexed_parquet(dataset: datasets.Dataset, path: Path) -> None:
-    """The benchmark schema plus the stable `index` key, written atomically."""
-    table = to_benchmark_table(dataset)
-    if "index" in dataset.column_names:
-        table = table.append_column("index", arrow_column(dataset, "index").cast(pa.int64()))
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
 
 
 def build_training_set(config: Config, source: Source) -> PreparedSet:

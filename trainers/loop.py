@@ -202,11 +202,12 @@ def train_one_epoch(config: Config, model, teacher, mixup, optimizer, steps, epo
 
 
 def exact_chunk(chunk: int, model: torch.nn.Module) -> int:
-    """`train.chunk` where running a batch's forward/backward in chunks gives the same gradient: no
-    layer of the model couples a batch's samples (BatchNorm does: then 0, the whole batch)."""
-    if chunk <= 0 or any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return 0
-    return chunk
+    """`train.chunk` where running a batch's forward/backward in chunks gives the same gradient and
+    is worth it: a model on a CPU (whose caches it is for) with no layer coupling a batch's samples
+    (BatchNorm does). Else 0, the whole batch."""
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    coupled = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return chunk if chunk > 0 and on_cpu and not coupled else 0
 
 
 def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, device, dynamics,

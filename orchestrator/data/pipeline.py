@@ -105,6 +105,17 @@ def fits_in_memory(num_rows: int, *, image_size: int, mode: str, bytes_per_value
     return num_rows * image_size * image_size * channels * bytes_per_value <= MATERIALIZE_LIMIT_BYTES
 
 
+def train_decodes_here(num_rows: int, *, image_size: int, mode: str) -> bool:
+    """The training split is held whole and decoded in this process (training_arrays), not by Ray Data."""
+    return fits_in_memory(num_rows, image_size=image_size, mode=mode) and decodes_in_process(num_rows, image_size)
+
+
+def val_decodes_here(num_rows: int, *, resize: int, crop: int, mode: str) -> bool:
+    """The validation views are held whole and decoded in this process (validation_arrays)."""
+    return (fits_in_memory(num_rows, image_size=crop, mode=mode, bytes_per_value=4)
+            and decodes_in_process(num_rows, resize))
+
+
 def collect_arrays(dataset, columns: Sequence[str]) -> dict[str, np.ndarray]:
     """A decoded split as numpy arrays, one per column, in the dataset's (preserved) order."""
     parts = list(dataset.iter_batches(batch_size=4096, batch_format="numpy"))
@@ -137,9 +148,9 @@ def training_arrays(path: Path, *, mode: str, num_rows: int, image_size: int) ->
     Small compressed sets go to the workers once, through the object store (docs/protocol.md
     §Batch and shuffle); only a set too large to hold streams from Ray Data shards.
     """
-    if not fits_in_memory(num_rows, image_size=image_size, mode=mode):
-        return None
-    if not decodes_in_process(num_rows, image_size):
+    if not train_decodes_here(num_rows, image_size=image_size, mode=mode):
+        if not fits_in_memory(num_rows, image_size=image_size, mode=mode):
+            return None
         return decoded_arrays(train_dataset(path, mode=mode, num_rows=num_rows, image_size=image_size))
     columns = read_columns(path)
     columns.setdefault("index", list(range(num_rows)))
@@ -160,7 +171,7 @@ def validation_arrays(path: Path, *, mode: str, num_rows: int, resize: int, crop
     if cache.exists():
         with np.load(cache) as stored:
             return {"image": stored["image"], "label": stored["label"]}
-    if not decodes_in_process(num_rows, resize):
+    if not val_decodes_here(num_rows, resize=resize, crop=crop, mode=mode):
         dataset = val_dataset(path, mode=mode, num_rows=num_rows, resize=resize, crop=crop, mean=mean, std=std)
         arrays = collect_arrays(dataset, ("image", "label"))
     else:

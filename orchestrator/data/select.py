@@ -189,9 +189,12 @@ def _row_group_size(table: pa.Table) -> int:
     return int(min(10_000, max(64, _TARGET_ROW_GROUP_BYTES // bytes_per_row)))
 
 
-def write_parquet(ds: datasets.Dataset, path: Path) -> Path:
-    """Write `ds` in the benchmark schema to `path` atomically (temp file + rename)."""
+def write_parquet(ds: datasets.Dataset, path: Path, *, keep_index: bool = False) -> Path:
+    """Write `ds` in the benchmark schema (with keep_index, plus its stable `index` key where it has
+    one) to `path` atomically (temp file + rename)."""
     table = to_benchmark_table(ds)
+    if keep_index and "index" in ds.column_names:
+        table = table.append_column("index", arrow_column(ds, "index").cast(pa.int64()))
     with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp, row_group_size=_row_group_size(table))
     return Path(path)
