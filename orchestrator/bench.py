@@ -275,14 +275,13 @@ def bare_backward(model, images, labels, *, precision: str, chunk: int, weight: 
     """Cross-entropy's gradient of one batch, `chunk` images at a time (0: the whole batch)."""
     import torch
 
+    from trainers.batches import chunk_slices
     from trainers.precision import autocast
 
-    size = chunk or len(labels)
-    for start in range(0, len(labels), size):
-        part = slice(start, start + size)
+    for part, share in chunk_slices(len(labels), chunk):
         with autocast("cpu", precision):
             loss = torch.nn.functional.cross_entropy(model(images[part]), labels[part])
-        (loss * (weight * len(labels[part]) / len(labels))).backward()
+        (loss * (weight * share)).backward()
 
 
 def variant_step(variant: StepVariant, config, *, model: str, images, labels) -> tuple[Callable[[], None], int]:

@@ -38,8 +38,9 @@ def gradients(config, model_name: str, chunk: int, *, teacher=None, mixup=None):
     return loss, [p.grad.clone() for p in model.parameters()]
 
 
+@pytest.mark.parametrize("chunk", [16, 20])  # 48 views: 3 equal chunks, or 20 + 20 + 8
 @pytest.mark.parametrize("protocol", ["fmnist-hard.yaml", "fmnist-soft.yaml"])
-def test_chunked_forward_backward_gives_the_whole_batch_gradient(protocol: str) -> None:
+def test_chunked_forward_backward_gives_the_whole_batch_gradient(protocol: str, chunk: int) -> None:
     config = load_config(CONFIGS / protocol)
     teacher = mixup = None
     if config.label_mode == "soft":
@@ -48,7 +49,7 @@ def test_chunked_forward_backward_gives_the_whole_batch_gradient(protocol: str) 
         mixup = build_mixup(config.mix.type, mixup_alpha=config.mix.mixup_alpha, cutmix_alpha=config.mix.cutmix_alpha,
                             prob=config.mix.prob, switch_prob=config.mix.switch_prob, num_classes=10)
     whole_loss, whole = gradients(config, "convnet3_w32", 0, teacher=teacher, mixup=mixup)
-    chunk_loss, chunked = gradients(config, "convnet3_w32", 16, teacher=teacher, mixup=mixup)
+    chunk_loss, chunked = gradients(config, "convnet3_w32", chunk, teacher=teacher, mixup=mixup)
     assert chunk_loss == pytest.approx(whole_loss, rel=1e-5)
     for a, b in zip(chunked, whole):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -92,6 +92,14 @@ def rank_micro_batches(batch: np.ndarray, *, world: int, rank: int, accum: int) 
     return np.array_split(part, accum)
 
 
+def chunk_slices(total: int, chunk: int) -> Iterator[tuple[slice, float]]:
+    """(slice, share of `total`) of each run of `chunk` views of a micro-batch (0: the whole one):
+    the chunks' mean losses weighted by their shares sum to the micro-batch's mean loss."""
+    size = chunk or max(total, 1)
+    for start in range(0, total, size):
+        yield slice(start, start + size), (min(start + size, total) - start) / total
+
+
 def loss_weights(micro: list[np.ndarray], *, global_size: int, world: int) -> list[float]:
     """Weights w so that DDP's mean over ranks of sum(w * mean loss) is the mean over the global batch."""
     return [len(m) * world / global_size for m in micro]

@@ -24,7 +24,7 @@ import torch
 import trainers.models  # noqa: F401  (registers convnet3 / resnet18_small in timm)
 from orchestrator.config import Config, config_from_dict
 from orchestrator.data.pipeline import val_batches
-from trainers.batches import MemoryBatches, augment_settings, stream_steps
+from trainers.batches import MemoryBatches, augment_settings, chunk_slices, stream_steps
 from trainers.evaluate import evaluate
 from trainers.losses import compute_loss
 from trainers.mix import build_mixup, mix_batch
@@ -222,13 +222,11 @@ def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, d
     labels = micro.label.to(device)
     images, targets = mix_batch(mixup, images, labels)
     total, keys = len(images), micro.key.numpy()[: len(images)]
-    loss_sum, size = 0.0, chunk or max(total, 1)
-    for start in range(0, total, size):
-        part = slice(start, start + size)
+    loss_sum = 0.0
+    for part, share in chunk_slices(total, chunk):
         loss, logits = chunk_loss(config, model, teacher, images[part], targets[part], device)
         if dynamics is not None:
             dynamics.add(epoch, keys[part], logits.detach().float().cpu(), labels[part].cpu().numpy())
-        share = len(keys[part]) / total
         (loss * (micro.weight * share)).backward()
         loss_sum += loss.item() * share
     return loss_sum, total

@@ -92,8 +92,8 @@ class ConvBlock(nn.Module):
         return self.pool(self.act(self.norm(self.conv(x))))
 
     def _cpu_inference(self, x: torch.Tensor) -> bool:
-        return (self.cpu_inference_layout and x.device.type == "cpu" and not self.training and not torch.is_grad_enabled()
-                and isinstance(self.norm, nn.GroupNorm))
+        return (self.cpu_inference_layout and x.device.type == "cpu" and not self.training
+                and not torch.is_grad_enabled() and isinstance(self.norm, nn.GroupNorm))
 
     def _forward_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The same function, each op in the memory layout that is fastest on CPU: oneDNN's convolution

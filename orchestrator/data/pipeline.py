@@ -148,13 +148,13 @@ def training_arrays(path: Path, *, mode: str, num_rows: int, image_size: int) ->
     Small compressed sets go to the workers once, through the object store (docs/protocol.md
     §Batch and shuffle); only a set too large to hold streams from Ray Data shards.
     """
-    if not train_decodes_here(num_rows, image_size=image_size, mode=mode):
-        if not fits_in_memory(num_rows, image_size=image_size, mode=mode):
-            return None
-        return decoded_arrays(train_dataset(path, mode=mode, num_rows=num_rows, image_size=image_size))
-    columns = read_columns(path)
-    columns.setdefault("index", list(range(num_rows)))
-    return sorted_by_key(decode_train_batch(columns, mode=mode, size=image_size))
+    if train_decodes_here(num_rows, image_size=image_size, mode=mode):
+        columns = read_columns(path)
+        columns.setdefault("index", list(range(num_rows)))
+        return sorted_by_key(decode_train_batch(columns, mode=mode, size=image_size))
+    if not fits_in_memory(num_rows, image_size=image_size, mode=mode):
+        return None
+    return decoded_arrays(train_dataset(path, mode=mode, num_rows=num_rows, image_size=image_size))
 
 
 def validation_arrays(path: Path, *, mode: str, num_rows: int, resize: int, crop: int, mean, std
