@@ -65,6 +65,7 @@ class BenchContext:
     output_dir: Path = Path("outputs")
     address: str | None = None
     peer_python: str | None = None  # DD-Ranking's interpreter (its own venv) for the `peer` benchmark
+    sweeps: tuple[Path, ...] = (BENCHMARK_SWEEP,)  # what `predict` sizes
     ray_started: bool = field(default=False, init=False)
     figures: dict[str, Figure] = field(default_factory=dict, init=False)  # "<benchmark>.<figure>" so far
 
@@ -646,21 +647,33 @@ def predict_sweep_seconds(cells: list, **per_cell) -> float:
     return sum(cell_seconds(config, **per_cell) for config in cells)
 
 
-def bench_predict(ctx: BenchContext, *, sweep: Path = BENCHMARK_SWEEP) -> dict[str, Figure]:
-    """Predicted wall time of a whole sweep (its own cell expansion, orchestrator.sweep_config) from
-    this run's `cell` and `eval` figures; teachers and pruning scores, trained once per sweep, and
-    the soft-label cells' teacher forward passes are not in it."""
-    from orchestrator.sweep_config import load_sweep
-
+def bench_predict(ctx: BenchContext) -> dict[str, Figure]:
+    """Predicted wall time of each sweep of `--sweep` (its own cell expansion, orchestrator.sweep_config)
+    from this run's `cell` and `eval` figures; teachers and pruning scores, trained once per sweep, and
+    the soft-label cells' teacher forward passes are not in it. One sweep's figures are named plainly,
+    several by the sweep's file stem."""
     needed = ("cell.overhead_s", "cell.train_images_per_s", "eval.seconds_10k")
     missing = [key for key in needed if key not in ctx.figures]
     if missing:
         raise RuntimeError(f"predict needs {missing} from the same run: run it with `--only eval cell predict`")
-    cells = load_sweep(sweep).cells
+    figures: dict[str, Figure] = {}
+    for sweep in ctx.sweeps:
+        prefix = "" if len(ctx.sweeps) == 1 else f"{Path(sweep).stem}."
+        figures.update({prefix + k: v for k, v in predict_one_sweep(ctx, Path(sweep)).items()})
+    return figures
+
+
+def predict_one_sweep(ctx: BenchContext, sweep: Path) -> dict[str, Figure]:
+    from orchestrator.sweep_config import load_sweep
+
+    sweep_file = load_sweep(sweep)
+    cells = sweep_file.cells
     seconds = predict_sweep_seconds(cells, num_classes=10, overhead_s=ctx.figures["cell.overhead_s"].value,
                                     images_per_s=ctx.figures["cell.train_images_per_s"].value,
                                     eval_s=ctx.figures["eval.seconds_10k"].value)
-    print(f"[bench] predicted {Path(sweep).stem}: {len(cells)} cells, {seconds / 3600:,.1f} h on this machine",
+    wall = seconds / max(1, sweep_file.max_concurrent)
+    print(f"[bench] predicted {sweep.stem}: {len(cells)} cells, {seconds / 3600:,.1f} h of cells "
+          f"(~{wall / 3600:,.1f} h at {sweep_file.max_concurrent} at a time, if cores allow) on this machine",
           flush=True)
     return {"cells": Figure(len(cells), "cells"), "sweep_s": Figure(seconds, "s"),
             "sweep_h": Figure(seconds / 3600, "h"), "mean_cell_s": Figure(seconds / len(cells), "s")}
@@ -846,6 +859,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="data cache (<dir>/data) and default JSON folder (<dir>/bench)")
     parser.add_argument("--json", help="JSON results path (default <output-dir>/bench/bench-<timestamp>.json)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--sweep", nargs="+", type=Path, default=[BENCHMARK_SWEEP], metavar="YAML",
+                        help="the sweeps `predict` sizes (default: configs/sweeps/fashion-mnist-benchmark.yaml)")
     parser.add_argument("--peer-python", help="DD-Ranking 0.2's python for the `peer` benchmark (our cell vs its "
                                               "evaluator on the same images): " + PEER_SETUP.split(", then")[0])
 
@@ -855,7 +870,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     names = select(args.only, args.peer_python)
     ctx = BenchContext(quick=args.quick, output_dir=Path(args.output_dir), address=args.address,
-                       peer_python=args.peer_python)
+                       peer_python=args.peer_python, sweeps=tuple(args.sweep))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     machine = machine_facts()
     results = run_benchmarks(names, ctx)

@@ -138,8 +138,9 @@ class PruneConfig:
     ccs_scope: str = "global"  # ccs: drop and strata over the whole set (Zheng et al.) | per class
     reverse: bool = False  # forgetting/el2n/aum: keep the easiest samples instead of the hardest
     pca_grid: int = 2  # pca: grid x grid whole images tiled into one stored image
-    pca_views: str = "image"  # pca Augment: one view per stored image per epoch, or one per "tile"
-    pca_rule: str = "el2n"  # pca: the rule whose easiest samples it keeps
+    pca_views: str = "image"  # pca Augment: one view per stored image per epoch, one per "tile", or
+                              # "whole": no Augment step, crops over the whole combined image (ablation)
+    pca_rule: str = "el2n"  # pca: the rule whose easiest samples it keeps (random, ccs: their own choice)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class Config:
     seed: int = 0
     output_dir: str = "outputs"
     experiment: str | None = None  # MLflow experiment; defaults to the protocol name
+    variant: str | None = None  # a name for what a sweep grid changes (its `set:`), shown beside the method in tables
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -207,8 +209,8 @@ CHOICES = {
     "optim.name": {"adamw", "sgd"},
     "mix.type": {"none", "mixup", "cutmix", "both"},
     "prune.ccs_score": {"forgetting", "el2n", "aum"},
-    "prune.pca_rule": {"forgetting", "el2n", "aum"},
-    "prune.pca_views": {"image", "tile"},
+    "prune.pca_rule": {"forgetting", "el2n", "aum", "ccs", "random"},
+    "prune.pca_views": {"image", "tile", "whole"},
     "prune.aum_margin": {"logit", "probability"},
     "prune.ccs_scope": {"global", "class"},
     "distill.cda_mode": {"step", "linear", "cosine"},
@@ -421,7 +423,7 @@ def anchor_paths(config: Config) -> Config:
     return replace(config, overrides)
 
 
-RUN_ONLY_KEYS = {"output_dir", "experiment", "data.root", "train.checkpoint_every",
+RUN_ONLY_KEYS = {"output_dir", "experiment", "variant", "data.root", "train.checkpoint_every",
                  "train.keep_checkpoints", "data.check_images", "eval.batch_size", "train.chunk"}
 
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow.compute as pc
 
 from orchestrator.config import Config
-from orchestrator.data.select import arrow_column, fingerprint, select_per_class, write_parquet
+from orchestrator.data.select import arrow_column, class_id_array, fingerprint, select_per_class, write_parquet
 from orchestrator.data.sources import Source, check_images
-from orchestrator.distill_job import DISTILL_METHODS
+from orchestrator.distill_job import DISTILL_METHODS, to_dataset
 from orchestrator.errors import ConfigError, did_you_mean
 from orchestrator.method_spec import MethodFn, describe_method, from_template, require_ipc, with_index
 from pca.methods import PRUNE_METHODS
@@ -38,10 +39,24 @@ def method_first(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
     return select_per_class(dataset, require_ipc(config), how="first")
 
 
+def method_noise(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
+    """IPC images per class of seeded Gaussian noise with the data's mean and std (no image content):
+    with soft labels, what a teacher's outputs teach without any real image (the study's "pure noise")."""
+    ipc, size, channels = require_ipc(config), config.data.image_size, config.in_chans
+    classes = np.unique(class_id_array(dataset))
+    rng = np.random.default_rng([config.seed, 7])
+    mean = np.resize(np.asarray(config.data.mean, dtype=np.float64), channels)[:, None, None]
+    std = np.resize(np.asarray(config.data.std, dtype=np.float64), channels)[:, None, None]
+    pixels = rng.normal(mean, std, size=(classes.size * ipc, channels, size, size))
+    images = np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)
+    return to_dataset(images, np.repeat(classes, ipc), "noise", config.data.mode)
+
+
 # The one table of methods: made here, pruning rules and PCA (pca/), distillation (distill_job).
 METHODS: dict[str, MethodFn] = {
     "full": describe_method(method_full), "random": describe_method(method_random),
-    "first": describe_method(method_first), **PRUNE_METHODS, **DISTILL_METHODS,
+    "first": describe_method(method_first), "noise": describe_method(method_noise),
+    **PRUNE_METHODS, **DISTILL_METHODS,
 }
 
 
@@ -72,10 +87,12 @@ def generation_cost(config: Config) -> dict[str, float]:
 
 
 def method_label(config: Config) -> str:
-    """The method as tables show it: easy-first (reversed) pruning rules are their own method."""
+    """The method as tables show it: easy-first (reversed) pruning rules are their own method, and a
+    sweep grid's `variant` (an ablation's setting) follows the method: "pca (prune only)"."""
     method = config.data.method
     reversed_rule = config.prune.reverse and method in METHODS and METHODS[method].reversible
-    return f"{method}-easy" if reversed_rule else method
+    label = f"{method}-easy" if reversed_rule else method
+    return f"{label} ({config.variant})" if config.variant else label
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """Ray runtime: connect to a cluster (RAY_ADDRESS / --address) or use one local Ray; pick devices.
 
-Without an address, programs on one machine share one local Ray instead of starting one each (two
-instances make Ray's placement-group cleaner fail with "Found multiple active Ray instances"). The
-first program starts it and records its address (`local_ray_file`); later ones join it. The starter
+Without an address, programs of one workspace (checkout) share one local Ray instead of starting
+one each; programs of another checkout start their own. The first program starts it and records its address (`local_ray_file`); later ones join it. The starter
 keeps it running at exit until the programs that joined it are done (its Ray stops with it).
 
 The console (unless `--verbose`, env ORCHESTRATOR_VERBOSE=1): of what Ray's workers write, only their
@@ -15,6 +14,7 @@ is printed once. On the driver, Ray's loggers print errors only (its records go 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import logging
 import logging.handlers
@@ -172,9 +172,17 @@ def keep_driver_logs_in_session() -> Path:
     return logs
 
 
+def workspace() -> Path:
+    """The checkout (or installed tree) this program runs from: programs share a local Ray only within it."""
+    return Path(__file__).resolve().parents[1]
+
+
 def local_ray_file() -> Path:
-    """This user's record of the local Ray that an orchestrator program started: address and owner pid."""
-    return Path(tempfile.gettempdir()) / f"orchestrator-ray-{os.getuid()}.json"
+    """This workspace's record of the local Ray that an orchestrator program started: address and owner
+    pid. Keyed by user and workspace, so a sweep in one checkout is never joined by another checkout's
+    programs (its test suite, a second worktree's sweep)."""
+    digest = hashlib.sha256(str(workspace()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"orchestrator-ray-{os.getuid()}-{digest}.json"
 
 
 def join_or_start_local_ray(num_cpus: int | None, env: dict) -> None:

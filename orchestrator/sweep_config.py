@@ -202,8 +202,9 @@ def describe(sweep: Sweep) -> str:
     lines = [f"sweep {sweep.name}: {len(sweep.cells)} cells -> MLflow experiment '{sweep.experiment}'"]
     for config in sweep.cells:
         gpu = "GPU" if config.train.use_gpu else "CPU"
+        variant = f"  variant={config.variant}" if config.variant else ""
         lines.append(f"  {cell_name(config):55s} protocol={config.name:14s} epochs={config.schedule.epochs} "
-                     f"{placement(config)} ({gpu})")
+                     f"{placement(config)} ({gpu}){variant}")
     if sweep.search:
         lines.append(f"  search: {sweep.search.algorithm} x {sweep.search.num_samples} per cell over "
                      f"{sorted(sweep.search.space)}; scheduler={sweep.search.scheduler}")

@@ -36,7 +36,7 @@ from orchestrator.files import atomic_path
 from orchestrator.method_spec import describe_method, require_ipc, source_spec, with_index
 from orchestrator.teachers import artifact_key, dynamics_dirs, dynamics_key
 from pca.scores import SCORE_COLUMNS, compute_scores
-from pca.select import RULES, select
+from pca.select import RULES, easy_first, select
 from trainers.dynamics import RERECORD_HINT, verify_manifest
 
 PRUNING_RULES = ("forgetting", "el2n", "aum", "ccs")
@@ -245,7 +245,7 @@ def subset_manifest(config: Config, indices, scores: pd.DataFrame | None, *,
                    "classes": classes, "num_samples": len(dataset)},
         "rule": rule,
         "ipc": config.data.ipc,
-        "reverse": True if is_pca else prune.reverse,
+        "reverse": easy_first(prune.pca_rule) if is_pca else prune.reverse,
         "seed": config.seed,
         "parameters": parameters,
         "pca_grid": prune.pca_grid if is_pca else None,
@@ -273,7 +273,8 @@ def _full_config(config: Config) -> Config:
 
 
 def pca_tiles(config: Config) -> int:
-    return config.prune.pca_grid
+    """The tiles the loop's crops stay inside: none without the Augment step (pca_views "whole")."""
+    return 1 if config.prune.pca_views == "whole" else config.prune.pca_grid
 
 
 def check_pca(config: Config) -> None:

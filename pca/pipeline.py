@@ -1,7 +1,8 @@
 """PCA's Prune and Combine steps (docs/protocol.md §PCA) as one method: `pca_subset(config, dataset)`.
 
 1. Prune: IPC * grid^2 images per class, the EASIEST by ``prune.pca_rule`` (reversed rule; el2n by
-   default), ranked easiest first.
+   default), ranked easiest first. The rules without an easy end (``random``, ``ccs``) choose as
+   they do as methods: the ablation of easy-first selection inside PCA.
 2. Combine: each class's images, in that order, are grouped grid^2 at a time
    (``pca.combine.combine_per_class``) and each group is tiled, whole images downsampled and never
    cropped, into ONE image of the storage size ``data.image_size`` (``pca.combine.tile_images``).
@@ -9,7 +10,8 @@
 The result holds exactly IPC stored images per class in the benchmark schema: PNG bytes,
 ``class_id``, ``sample_id`` "pca/<class>/<k>" and ``index`` = running position 0.. (the stored
 images are new, so they get new keys). The Augment step (crops constrained to one tile) belongs to
-the training pipeline. With ``prune.pca_grid`` 1, PCA is reversed-rule pruning (source rows kept).
+the training pipeline (``prune.pca_views`` "whole" leaves it out: crops then span the combined image).
+With ``prune.pca_grid`` 1, PCA is reversed-rule pruning (source rows kept).
 
 Images are decoded one class at a time, so memory holds one class's pruned images, not the set's.
 """
@@ -29,6 +31,7 @@ from orchestrator.errors import ConfigError, DataError
 from orchestrator.method_spec import require_ipc, with_index
 from pca.combine import combine_per_class, tile_images
 from pca.methods import Selection, select_rows
+from pca.select import easy_first
 
 PCA_FEATURES = datasets.Features({**BENCHMARK_FEATURES, "index": datasets.Value("int64")})
 
@@ -49,8 +52,8 @@ def pca_selection(config: Config, dataset: datasets.Dataset) -> Selection:
     ipc, grid = require_ipc(config), config.prune.pca_grid
     per_class = ipc * grid * grid
     _check_class_sizes(dataset, per_class, ipc, grid)
-    positions, keys, frame = select_rows(config, dataset, rule=config.prune.pca_rule, ipc=per_class,
-                                         reverse=True)
+    rule = config.prune.pca_rule
+    positions, keys, frame = select_rows(config, dataset, rule=rule, ipc=per_class, reverse=easy_first(rule))
     if grid == 1:
         return Selection(dataset.select(positions.tolist()), keys[positions], frame, None)
     labels = class_id_array(dataset)

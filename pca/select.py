@@ -185,6 +185,11 @@ RULES: dict[str, RuleSpec] = {
 
 
 # -- validation and helpers ------------------------------------------------------------------
+def easy_first(rule: str) -> bool:
+    """Whether PCA keeps the easiest samples of ``rule`` (the monotonic rules); random and CCS pick as they do alone."""
+    return get_rule(rule).reversible
+
+
 def get_rule(rule: str) -> RuleSpec:
     """The registered spec of ``rule``, or a ConfigError suggesting close names."""
     if rule in RULES:

@@ -135,12 +135,17 @@ def test_pca_tile_views_count_every_tile(tmp_path):
 
 
 def test_predict_benchmark_reads_this_runs_figures(ctx, tmp_path):
+    ctx.sweeps = (write_sweep(tmp_path),)
     with pytest.raises(RuntimeError, match="--only eval cell predict"):
-        bench.bench_predict(ctx, sweep=write_sweep(tmp_path))
+        bench.bench_predict(ctx)
     ctx.figures.update({"cell.overhead_s": Figure(5.0, "s"), "cell.train_images_per_s": Figure(100.0, "images/s"),
                         "eval.seconds_10k": Figure(2.0, "s")})
-    figures = bench.bench_predict(ctx, sweep=write_sweep(tmp_path))
+    figures = bench.bench_predict(ctx)
     assert figures["cells"].value == 4 and figures["sweep_s"].value == pytest.approx(138.0)
+    ctx.sweeps = (write_sweep(tmp_path), bench.REPO / "configs" / "sweeps" / "study-noise.yaml")
+    both = bench.bench_predict(ctx)  # several sweeps: figures named by each sweep's file
+    assert both[f"{ctx.sweeps[0].stem}.sweep_s"].value == pytest.approx(138.0)
+    assert both["study-noise.cells"].value == 9
 
 
 def test_ratios_of_the_cell_against_its_references():

@@ -246,8 +246,9 @@ def chunk_loss(config: Config, model, teacher, images, targets, device):
 
 
 def tile_views(config: Config) -> str:
-    """PCA's Augment: one view per stored image per epoch ("image") or one per tile ("tile")."""
-    return config.prune.pca_views
+    """PCA's Augment: one view per stored image per epoch ("image") or one per tile ("tile"); without it
+    ("whole") the method reports a grid of 1 and each stored image is one plain view."""
+    return "image" if config.prune.pca_views == "whole" else config.prune.pca_views
 
 
 def validation_batches(loop_config: dict, config: Config, where):
