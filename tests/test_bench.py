@@ -132,6 +132,8 @@ def test_pca_tile_views_count_every_tile(tmp_path):
     tiles = bench.protocol_config({"data.method": "pca", "data.ipc": 10, "prune.pca_grid": 2,
                                    "prune.pca_views": "tile"})
     assert bench.views_per_epoch(tiles, 10) == 400
+    full = bench.protocol_config({"data.method": "full", "data.ipc": None})
+    assert bench.views_per_epoch(full, 10) == 60_000
 
 
 def test_predict_benchmark_reads_this_runs_figures(ctx, tmp_path):
