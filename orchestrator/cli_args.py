@@ -67,7 +67,7 @@ def run_parsed(args: argparse.Namespace) -> int:
         return args.func(args)
     except OrchestratorError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept; re-run the same command to resume", file=sys.stderr)
         return 130
