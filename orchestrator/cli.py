@@ -81,7 +81,22 @@ def cmd_report(args: argparse.Namespace) -> int:
                        parent_run_id=sweep_run_id(uri, args.experiment))
     print(render_terminal_from(paths))
     print(f"report written to {out_dir}")
+    if args.into:
+        fill_results_page(uri, args.experiment, Path(args.into))
     return 0
+
+
+def fill_results_page(uri: str, experiment: str, page: Path) -> None:
+    """`report --into PAGE`: the experiment's tables into its `<!-- experiment -->` block of PAGE."""
+    from datetime import datetime
+
+    from orchestrator.report.output import fill_page_block, page_block
+    from orchestrator.report.runs import load_cell_runs
+
+    block = page_block(load_cell_runs(uri, experiment), metric="top1_final",
+                       when=datetime.now().strftime("%Y-%m-%d %H:%M"))
+    fill_page_block(page, experiment, block)
+    print(f"tables of {experiment} written into {page}")
 
 
 def report_store(args: argparse.Namespace) -> tuple[str, Path]:
@@ -185,6 +200,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri")
     report.add_argument("--out", help="report folder (default outputs/reports/<experiment>)")
     report.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
+    report.add_argument("--into", metavar="PAGE", help="also write the top-1 tables into the block "
+                        "<!-- EXPERIMENT --> ... <!-- /EXPERIMENT --> of a markdown page (docs/results.md)")
     report.set_defaults(func=cmd_report)
 
     ui = verbs.add_parser("ui", help="start the MLflow UI on the store (loopback by default)")

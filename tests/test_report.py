@@ -416,3 +416,22 @@ def test_image_grid_of_real_fashion_mnist(tmp_path):
     assert only_one[:, 28:].max() == 0  # a class with fewer images leaves black tiles
     with pytest.raises(OrchestratorError, match="uint8"):
         report.image_grid({"x": (images.astype(np.float32), labels)}, 2, tmp_path / "bad.png")
+
+
+def test_report_into_fills_only_its_block_of_a_results_page(store, tmp_path, capsys):
+    from tests_paths import run_cli
+
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\n\nkept above\n<!-- {EXP} -->\nstale 12.3\n<!-- /{EXP} -->\nkept below\n")
+    code, text = run_cli(capsys, "report", "--experiment", EXP, "--tracking-uri", store["uri"], "--no-log",
+                         "--out", str(tmp_path / "rep"), "--into", str(page))
+    assert code == 0, text
+    filled = page.read_text()
+    assert filled.startswith("# Results\n\nkept above\n") and filled.endswith(f"<!-- /{EXP} -->\nkept below\n")
+    assert "stale 12.3" not in filled and "**fmnist-hard · hard labels · convnet3**" in filled
+    assert "61.0 ± 1.0" in filled and "finished cell run(s)" in filled
+    bare = tmp_path / "bare.md"
+    bare.write_text("# no blocks\n")
+    code, text = run_cli(capsys, "report", "--experiment", EXP, "--tracking-uri", store["uri"], "--no-log",
+                         "--out", str(tmp_path / "rep"), "--into", str(bare))
+    assert code == 2 and f"<!-- {EXP} -->" in text and bare.read_text() == "# no blocks\n"

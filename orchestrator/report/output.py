@@ -75,6 +75,36 @@ def _group_section(key: tuple[str, str, str], sub: pd.DataFrame, metric: str) ->
     return parts + ["### Storage and training time", "", markdown_table(_storage_display(sub)), ""]
 
 
+def page_block(df: pd.DataFrame, *, metric: str, when: str) -> str:
+    """The compact section `report --into` writes into a results page: one top-1 table per
+    (protocol, label mode, student), headed by how many finished cells it rests on."""
+    label = METRIC_LABELS.get(metric, metric)
+    parts = [f"_From {len(df)} finished cell run(s) in MLflow, `report --into` at {when}: {label} "
+             f"({METRIC_UNITS.get(metric, '?')}), mean {PM} std over seeds._", ""]
+    for (protocol, label_mode, model), sub in iter_groups(df):
+        table = paper_table(sub, metric=metric)
+        if table.empty:
+            continue
+        table = table.rename(columns=lambda c: f"IPC {c}").reset_index()
+        parts += [f"**{protocol} · {label_mode} labels · {model}**", "", markdown_table(table), ""]
+        full_line = full_reference_line(sub, metric)
+        if full_line:
+            parts += [full_line, ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def fill_page_block(page: Path, name: str, block: str) -> None:
+    """Replace what stands between `<!-- name -->` and `<!-- /name -->` in `page` by `block`."""
+    text = Path(page).read_text(encoding="utf-8")
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise OrchestratorError(f"{page} has no block for {name!r}: add the lines `{start}` and `{end}` where "
+                                f"its section goes, then run the report again")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    Path(page).write_text(f"{head}{start}\n{block}{end}{tail}", encoding="utf-8")
+
+
 def _set_grids_section(grids: Iterable[str]) -> list[str]:
     grids = list(grids)
     if not grids:
