@@ -540,15 +540,16 @@ def bare_loop_images_per_s(config, arrays: dict) -> float:
     import torch
 
     from trainers.batches import MemoryBatches, augment_settings
-    from trainers.loop import exact_chunk
+    from trainers.loop import exact_chunk, resolve_speed
     from trainers.models import create_student
     from trainers.optim import build_optimizer
     from trainers.precision import prepare_model, to_device_batch
 
-    settings = step_settings(config)
     torch.manual_seed(config.seed)
     model = create_student(config.model.name, num_classes=10, in_chans=config.in_chans,
                            img_size=config.model.input_size).train()
+    config, _ = resolve_speed(config, model, "cpu", 1, None)  # "auto" switches as the loop resolves them
+    settings = step_settings(config)
     optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
                                 weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
     model = prepare_model(model, channels_last=settings.channels_last, compile=settings.compile)

@@ -118,7 +118,8 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                            "val_arrays": hand_over(val_arrays, in_process),
                            "local_run_dir": str(storage / name) if in_process else None,
                            "local_datasets": datasets if in_process else None,
-                           "tune_report": tune_report, "use_gpu": gpu, "tile_grid": tile_grid(config)},
+                           "tune_report": tune_report, "use_gpu": gpu, "tile_grid": tile_grid(config),
+                           "speed_dir": str(config.data_root / "speed")},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
                                      resources_per_worker=None if in_process else resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
@@ -217,8 +218,13 @@ def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict)
     tracking.log_text_artifacts(uri, run_id, {"per_class_accuracy.csv": per_class_csv(data, summary),
                                               "summary.json": json.dumps(summary, indent=2)})
     tracking.log_table_artifact(uri, run_id, tracking.PREVIEW_ARTIFACT, preview_rows(data.train.path))
-    tracking.set_tags(uri, run_id, {"status_note": "finished"})
+    tracking.set_tags(uri, run_id, {"status_note": "finished", **resolved_speed_tags(summary)})
     tracking.terminate(uri, run_id, "FINISHED")
+
+
+def resolved_speed_tags(summary: dict) -> dict[str, str]:
+    """The precision, layout and compilation the loop resolved ("auto" settings), as `resolved.*` tags."""
+    return {f"resolved.{name}": str(value) for name, value in (summary.get("speed") or {}).items()}
 
 
 def per_class_csv(data: CellData, summary: dict) -> str:

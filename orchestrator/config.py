@@ -100,7 +100,7 @@ class EvalConfig:
     crop: int = 28
     batch_size: int = 512
     every: int = 1  # evaluate every N epochs (and always after the last)
-    precision: str = "fp32"  # fp32 | bf16 (autocast; kept only where top-1 stays within 0.1 pt of fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the device computes it natively)
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     record_dynamics: bool = False  # write per-sample training dynamics (pruning scores)
     shuffle_buffer: int = 20000
-    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward and loss; weights and optimizer stay fp32)
-    channels_last: bool = False  # NHWC memory format for the student's convolutions
-    compile: bool = False  # torch.compile the student (falls back to eager, with a warning, if it cannot)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward and loss; weights and optimizer stay fp32) | auto
+    channels_last: bool | str = False  # NHWC memory format for the student's convolutions; auto: if calibrated faster
+    compile: bool | str = False  # torch.compile the student (eager, with a warning, if it cannot); auto: if calibrated faster
     chunk: int = 0  # on CPU, forward/backward N views at a time where that keeps the gradient (no BatchNorm); 0 = whole batch
 
 
@@ -214,8 +214,10 @@ CHOICES = {
     "prune.aum_margin": {"logit", "probability"},
     "prune.ccs_scope": {"global", "class"},
     "distill.cda_mode": {"step", "linear", "cosine"},
-    "train.precision": {"fp32", "bf16"},
-    "eval.precision": {"fp32", "bf16"},
+    "train.precision": {"fp32", "bf16", "auto"},
+    "eval.precision": {"fp32", "bf16", "auto"},
+    "train.channels_last": {False, True, "auto"},
+    "train.compile": {False, True, "auto"},
 }
 POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum", "train.checkpoint_every",
             "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
@@ -332,7 +334,12 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(inner[0], value, key)
+        for option in inner[:-1]:  # e.g. `bool | str`: true/false, else a word such as "auto"
+            try:
+                return coerce(option, value, key)
+            except ConfigError:
+                continue
+        return coerce(inner[-1], value, key)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             value = [value]
@@ -367,7 +374,7 @@ def validate(config: Config) -> None:
     flat = flatten(config)
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
-            raise ConfigError(f"'{key}' is {flat[key]!r}: choose one of {sorted(allowed)}")
+            raise ConfigError(f"'{key}' is {flat[key]!r}: choose one of {sorted(allowed, key=str)}")
     for key in POSITIVE:
         if flat[key] < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {flat[key]}")

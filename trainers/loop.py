@@ -15,14 +15,14 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import trainers.models  # noqa: F401  (registers convnet3 / resnet18_small in timm)
-from orchestrator.config import Config, config_from_dict
+from orchestrator.config import Config, config_from_dict, replace
 from orchestrator.data.pipeline import val_batches
 from trainers.batches import MemoryBatches, augment_settings, chunk_slices, stream_steps
 from trainers.evaluate import evaluate
@@ -52,6 +52,7 @@ class History:
     samples_seen: int = 0  # cumulative views trained on, all ranks together
     wall_seconds: float = 0.0  # the loop's wall time up to this checkpoint, over every attempt
     prior_wall_seconds: float = 0.0  # wall time of earlier attempts, up to the checkpoint resumed from
+    speed: dict = field(default_factory=dict)  # the resolved precision / layout / compile of the last attempt
 
 
 def seed_everything(seed: int, epoch: int, rank: int) -> None:
@@ -74,6 +75,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     num_classes = loop_config["num_classes"]
     with where.latest() as checkpoint_dir:
         model, optimizer, scheduler, history = build_training_state(config, num_classes, device, checkpoint_dir)
+    config, history.speed = resolve_speed(config, model, device, world, loop_config.get("speed_dir"))
     model = where.prepare_model(precision.prepare_model(model, channels_last=config.train.channels_last,
                                                         compile=config.train.compile))
     teacher = None
@@ -152,6 +154,21 @@ def build_training_state(config: Config, num_classes: int, device, checkpoint_di
     scheduler = build_scheduler(optimizer, epochs=config.schedule.epochs,
                                 warmup_epochs=config.schedule.warmup_epochs)
     return model, optimizer, scheduler, restore(checkpoint_dir, model, optimizer, scheduler)
+
+
+def resolve_speed(config: Config, model, device, world: int, speed_dir: str | None) -> tuple[Config, dict]:
+    """The config with its "auto" speed switches resolved here (trainers.precision.resolve_step), and
+    the resolved switches as the history records them (the cell logs them as `resolved.*` tags)."""
+    chunk = config.train.chunk if torch.device(device).type == "cpu" and config.train.chunk > 0 else 0
+    rows = chunk or max(1, config.train.batch_size // max(world, 1))
+    shape = (rows, config.in_chans, config.model.input_size, config.model.input_size)
+    cache = Path(speed_dir) if speed_dir else None
+    choice = precision.resolve_step(config.train, config.eval, model, device, batch_shape=shape, cache_dir=cache)
+    if choice.compile and cache is not None:
+        precision.use_compile_cache(cache / "torch-compile")
+    resolved = replace(config, {"train.precision": choice.precision, "eval.precision": choice.eval_precision,
+                                "train.channels_last": choice.channels_last, "train.compile": choice.compile})
+    return resolved, asdict(choice)
 
 
 def received(arrays):
@@ -308,7 +325,8 @@ def summarize(history: History) -> dict:
             "per_class_best": history.best_per_class, "epochs_done": history.epochs_done,
             "train_seconds": history.train_seconds,
             "images_per_s": history.samples_seen / max(history.train_seconds, 1e-9),
-            "optimizer_steps": history.optimizer_steps, "prior_wall_seconds": history.prior_wall_seconds}
+            "optimizer_steps": history.optimizer_steps, "prior_wall_seconds": history.prior_wall_seconds,
+            "speed": history.speed}
 
 
 def restore(checkpoint_dir: Path | None, model, optimizer, scheduler) -> History:

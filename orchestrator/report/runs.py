@@ -56,10 +56,13 @@ METRIC_LABELS = {
 }
 #: params naming the cached artifacts a cell used (orchestrator.teachers): seeds are averaged only when equal
 ARTIFACT_KEYS = ("teacher_key", "dynamics_key")
+#: how a cell computed: "train <precision> eval <precision>" from the loop's resolved tags (`auto`
+#: settings), or the config's params for runs from before those tags; seeds are averaged only when equal
+PRECISION = "precision"
 #: columns of :func:`load_cell_runs`, in order
 CELL_COLUMNS = (
     "method", "ipc", "label_mode", "model", "seed", "protocol", *METRICS,
-    "run_id", "fingerprint", "parent_run_id", "end_time", *ARTIFACT_KEYS,
+    "run_id", "fingerprint", "parent_run_id", "end_time", *ARTIFACT_KEYS, PRECISION,
 )
 #: CELL_COLUMNS that come from run params, tags or run info (the rest are METRICS)
 _SOURCES = {"method": "params.method", "ipc": "params.ipc", "label_mode": "params.label_mode",
@@ -159,9 +162,16 @@ def cells_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
     out["protocol"] = protocol.astype(object)
     out["label_mode"] = out["label_mode"].fillna(protocol.str.extract(r"[-_](hard|soft)$")[0])
     out["ipc"], out["seed"] = _integers(out["ipc"]), _integers(out["seed"])
+    out[PRECISION] = _precision(runs)
     for column, key in METRIC_KEYS.items():
         out[column] = pd.to_numeric(_column(runs, f"metrics.{key}"), errors="coerce").astype("float64")
     return out[list(CELL_COLUMNS)]
+
+
+def _precision(runs: pd.DataFrame) -> pd.Series:
+    train = _column(runs, "tags.resolved.precision").fillna(_column(runs, "params.train.precision"))
+    evaluation = _column(runs, "tags.resolved.eval_precision").fillna(_column(runs, "params.eval.precision"))
+    return ("train " + train.fillna("fp32").astype(str) + " eval " + evaluation.fillna("fp32").astype(str)).astype(object)
 
 
 def load_cell_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
@@ -218,7 +228,7 @@ def check_artifact_keys(df: pd.DataFrame) -> None:
     """Refuse to average seeds of one cell (protocol, label mode, model, method, IPC) that used
     different teachers or training dynamics: an OrchestratorError names the runs and the key."""
     cell = list(CELL_KEYS)
-    for key in (k for k in ARTIFACT_KEYS if k in df.columns):
+    for key in (k for k in (*ARTIFACT_KEYS, PRECISION) if k in df.columns):
         keyed = _keyed(df, cell).assign(_value=df[key].astype(object).where(df[key].notna(), "(none)"))
         for group, sub in keyed.groupby(cell, sort=True):
             if sub["_value"].nunique() > 1:
