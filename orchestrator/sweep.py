@@ -47,16 +47,22 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
 
 
 def sweep_progress(sweep: Sweep) -> SweepProgress:
-    """A live table on a terminal, unless `--verbose` lets Ray's own lines (which would break it) through."""
-    return SweepProgress(sweep.name, len(sweep.cells), sweep.max_concurrent, live=False if console_verbose() else None)
+    """A live table on a terminal, unless `--verbose` lets Ray's own lines (which would break it) through;
+    per-epoch lines only with `--verbose`."""
+    verbose = console_verbose()
+    return SweepProgress(sweep.name, len(sweep.cells), sweep.max_concurrent, live=False if verbose else None,
+                         verbose=verbose)
 
 
 def run_cells(sweep: Sweep, parent_id: str, progress: SweepProgress) -> list[dict]:
     prepare_prerequisites(sweep)
-    with worker_lines_to(progress.line):
-        if sweep.search is None:
-            return run_grid(sweep, parent_id, progress)
-        return [search_with_progress(cell, parent_id, sweep, progress) for cell in sweep.cells]
+    try:
+        with worker_lines_to(progress.line):
+            if sweep.search is None:
+                return run_grid(sweep, parent_id, progress)
+            return [search_with_progress(cell, parent_id, sweep, progress) for cell in sweep.cells]
+    finally:
+        progress.close()
 
 
 def search_with_progress(cell: Config, parent_id: str, sweep: Sweep, progress: SweepProgress) -> dict:

@@ -13,7 +13,7 @@ if [ ! -f "$DATASET_DIR/train-images-idx3-ubyte.gz" ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
 PYTHON=${PYTHON:-python3}
-if ! $PYTHON -c "import orchestrator, ray, mlflow, tabulate, timm, torchvision, hypothesis, pytest_timeout" 2>/dev/null \
+if ! $PYTHON -c "import orchestrator, ray, mlflow, rich, tabulate, timm, torchvision, hypothesis, pytest_timeout" 2>/dev/null \
    || [ pyproject.toml -nt .install-stamp ]; then
   $PYTHON -m pip install -q --disable-pip-version-check -e '.[dev]'
   touch .install-stamp

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.progress import ERASE_LINES_UP, CellState, SweepProgress, render, tune_callback
+from orchestrator.progress import CellState, SweepProgress, render, tune_callback
 from orchestrator.runtime import forward_worker_output, worker_lines_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,30 +37,53 @@ def test_eta_is_unknown_until_a_cell_has_trained():
     assert header.endswith("elapsed 1:06:40  ETA ?")
 
 
-def test_status_line_per_state_change_when_not_a_terminal():
+def test_off_a_terminal_one_line_per_finished_cell_and_a_status_line_a_minute():
     clock = [0.0]
     stream = io.StringIO()
-    progress = SweepProgress("grid", 2, 1, stream=stream, now=lambda: clock[0])
+    progress = SweepProgress("grid", 3, 1, stream=stream, now=lambda: clock[0])
     clock[0] = 10.0
     progress.start("a")
-    progress.line("[a] epoch 1/1  loss 1.0")
+    progress.tick()  # the first status line
+    progress.line("[a] epoch 1/2  loss 1.0000  12 img/s  ETA 0:05")  # an epoch line: not printed
     clock[0] = 40.0
+    progress.tick()  # within a minute of the last: nothing
+    progress.line("[a] top-1 final 70.00  best 70.00  MLflow: ...")  # the worker's result line
     progress.finish("a")
+    progress.start("b")
+    progress.fail("b")
+    clock[0] = 75.0
+    progress.tick()
     lines = stream.getvalue().splitlines()
-    assert lines == ["sweep grid: 0/2 done, 1 running, 0 failed, 1 pending  elapsed 0:10  ETA ?  [running: a]",
-                     "[a] epoch 1/1  loss 1.0",
-                     "sweep grid: 1/2 done, 0 running, 0 failed, 1 pending  elapsed 0:40  ETA 0:30  [done: a]"]
+    assert lines == ["sweep grid: 0/3 done, 1 running, 0 failed, 2 pending  elapsed 0:10  ETA ?",
+                     "[a] top-1 final 70.00  best 70.00  MLflow: ...",
+                     "failed: b",
+                     "sweep grid: 1/3 done, 0 running, 1 failed, 1 pending  elapsed 1:15  ETA 0:30"]
     assert "\x1b" not in stream.getvalue()  # CI logs stay plain text
 
 
-def test_live_table_is_redrawn_below_each_worker_line():
+def test_verbose_prints_epoch_lines_off_a_terminal():
     stream = io.StringIO()
-    progress = SweepProgress("grid", 2, 1, stream=stream, live=True, now=lambda: 5.0)
+    progress = SweepProgress("grid", 1, 1, stream=stream, verbose=True, now=lambda: 1.0)
     progress.start("a")
-    progress.line("[a] epoch 1/1")
-    table = "sweep grid: 0/2 done, 1 running, 0 failed, 1 pending  elapsed 0:00  ETA ?\n  running  a  0:00\n"
-    # drawn, erased (2 lines up), the worker line, drawn again below it
-    assert stream.getvalue() == table + ERASE_LINES_UP.format(n=2) + "[a] epoch 1/1\n" + table
+    progress.line("[a] epoch 1/2  loss 1.0000  12 img/s  ETA 0:05")
+    assert stream.getvalue().splitlines() == ["[a] epoch 1/2  loss 1.0000  12 img/s  ETA 0:05"]
+
+
+def test_live_table_shows_each_running_cell_from_its_epoch_lines():
+    stream = io.StringIO()
+    clock = [5.0]
+    progress = SweepProgress("grid", 2, 1, stream=stream, live=True, now=lambda: clock[0])
+    progress.start("cell-a")
+    clock[0] = 9.0
+    progress.line("[cell-a] epoch 3/40  loss 1.2346  top1 50.00  best 50.00  812 img/s  ETA 0:37")
+    progress.line("[cell-a] top-1 final 70.00")
+    progress.close()
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue())  # the screen's text without ANSI codes
+    assert "sweep grid: 0/2 done, 1 running, 0 failed, 1 pending" in shown
+    row = next(line for line in shown.splitlines() if "cell-a" in line and "3/40" in line)
+    assert re.search(r"3/40\s.*1\.2346\s.*812\s.*0:37\s.*0:04", row), row
+    assert "[cell-a] top-1 final 70.00" in shown  # other worker lines print above the table
+    assert "\x1b[" in stream.getvalue()  # redrawn in place
 
 
 def test_tune_callback_survives_the_tuner_pickling_its_settings():
