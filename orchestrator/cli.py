@@ -78,9 +78,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     uri, output_dir = report_store(args)
     out_dir = Path(args.out or output_dir / "reports" / args.experiment)
     paths = run_report(uri, args.experiment, out_dir, log=not args.no_log,
-                       parent_run_id=sweep_run_id(uri, args.experiment))
+                       parent_run_id=sweep_run_id(uri, args.experiment), html=args.html)
     print(render_terminal_from(paths))
-    print(f"report written to {out_dir}")
+    print(f"report written to {out_dir}" + (f" (page: {paths['report.html']})" if args.html else ""))
     if args.into:
         fill_results_page(uri, args.experiment, Path(args.into))
     return 0
@@ -200,6 +200,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri")
     report.add_argument("--out", help="report folder (default outputs/reports/<experiment>)")
     report.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
+    report.add_argument("--html", action="store_true", help="also write report.html: one self-contained page "
+                        "(sortable tables, accuracy vs IPC and vs storage, the sets' images, commit and date)")
     report.add_argument("--into", metavar="PAGE", help="also write the top-1 tables into the block "
                         "<!-- EXPERIMENT --> ... <!-- /EXPERIMENT --> of a markdown page (docs/results.md)")
     report.set_defaults(func=cmd_report)

@@ -12,6 +12,11 @@ if [ ! -f "$DATASET_DIR/train-images-idx3-ubyte.gz" ]; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
+# Headless Chromium, only for the tests (they open the MLflow UI and the HTML report in a real browser).
+if [ "${WITH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 PYTHON=${PYTHON:-python3}
 if ! $PYTHON -c "import orchestrator, ray, mlflow, rich, tabulate, timm, torchvision, hypothesis, pytest_timeout" 2>/dev/null \
    || [ pyproject.toml -nt .install-stamp ]; then

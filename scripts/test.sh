@@ -3,6 +3,6 @@
 # real Fashion-MNIST images). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+WITH_BROWSER=1 bash scripts/install.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 exec python3 -m pytest -q --timeout=900 "$@" tests

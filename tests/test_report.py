@@ -435,3 +435,23 @@ def test_report_into_fills_only_its_block_of_a_results_page(store, tmp_path, cap
     code, text = run_cli(capsys, "report", "--experiment", EXP, "--tracking-uri", store["uri"], "--no-log",
                          "--out", str(tmp_path / "rep"), "--into", str(bare))
     assert code == 2 and f"<!-- {EXP} -->" in text and bare.read_text() == "# no blocks\n"
+
+
+def test_html_page_in_a_real_browser_lists_every_method_and_loads_every_image(store, df, tmp_path):
+    import html as html_lib
+
+    from browser import CHROMIUM, dump_dom
+    from orchestrator.report.output import run_report
+
+    assert CHROMIUM, "chromium is missing: scripts/install.sh installs Debian's chromium"
+    paths = run_report(store["uri"], EXP, tmp_path / "rep", log=False, html=True)
+    page = paths["report.html"]
+    text = page.read_text()
+    sources = re.findall(r'(?:src|href)="([^"]*)"', text)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # self-contained
+    dom = html_lib.unescape(dump_dom(page.as_uri()))
+    assert 'data-broken-images="0"' in dom  # every figure decoded in the browser
+    for method in df["method"].unique():
+        assert f'data-method="{method}"' in dom, method
+    assert "Accuracy vs storage" in dom and "Accuracy vs IPC" in dom and "commit" in dom
+    assert "61.0 ± 1.0" in dom

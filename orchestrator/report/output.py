@@ -220,8 +220,9 @@ def log_report(tracking_uri: str, experiment: str, paths: Mapping[str, Path] | I
 
 
 def run_report(tracking_uri: str, experiment: str, out_dir: Path, log: bool = True, *,
-               parent_run_id: str | None = None, metric: str = "top1_final") -> dict[str, Path]:
-    """Load the experiment's finished cells, write the report into ``out_dir``, optionally log it.
+               parent_run_id: str | None = None, metric: str = "top1_final", html: bool = False) -> dict[str, Path]:
+    """Load the experiment's finished cells, write the report into ``out_dir`` (with ``html``, also the
+    self-contained ``report.html``: :mod:`.html`), optionally log it.
 
     Raises :class:`OrchestratorError` when the experiment is unknown or has no finished cell runs.
     """
@@ -233,6 +234,11 @@ def run_report(tracking_uri: str, experiment: str, out_dir: Path, log: bool = Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = write_report(df, out_dir, metric=metric, title=f"Benchmark report: {experiment}",
                          set_grids=write_set_grids(tracking_uri, df, out_dir))
+    if html:
+        from orchestrator.report.html import commit_of, write_html
+
+        paths["report.html"] = write_html(df, out_dir, title=f"Benchmark report: {experiment}", metric=metric,
+                                          paths=paths, commit=commit_of(Path(__file__).parent))
     if log:
         log_report(tracking_uri, experiment, paths, parent_run_id)
     return paths

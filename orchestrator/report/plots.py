@@ -82,6 +82,34 @@ def plot_top1_vs_ipc(df: pd.DataFrame, path: Path, *, metric: str = "top1_final"
     return _save(fig, path)
 
 
+def plot_top1_vs_storage(df: pd.DataFrame, path: Path, *, metric: str = "top1_final") -> Path:
+    """PNG of accuracy vs storage (bytes of images plus soft labels, log scale): one panel per
+    (protocol, label_mode, model), one line per method through its IPCs (mean over seeds)."""
+    from orchestrator.report.tables import storage_table
+
+    check_metric(df, metric)
+    groups = list(iter_groups(df))
+    ncols = min(3, max(1, len(groups)))
+    fig = _figure(5.0 * ncols, 3.8 * math.ceil(max(1, len(groups)) / ncols))
+    axes = fig.subplots(math.ceil(max(1, len(groups)) / ncols), ncols, squeeze=False).ravel()
+    colours = {m: f"C{i % 10}" for i, m in enumerate(x for x in method_order(df["method"]) if x != FULL)}
+    for ax, ((protocol, label_mode, model), sub) in zip(axes, groups):
+        accuracy = paper_table_numeric(sub, metric=metric)[["method", "ipc", "mean"]]
+        points = storage_table(sub, human=False)[["method", "ipc", "total_bytes"]].merge(accuracy, on=["method", "ipc"])
+        for method in method_order(points["method"]):
+            m = points[points["method"] == method].sort_values("total_bytes")
+            ax.plot(m["total_bytes"], m["mean"], marker="o", label=method, color=colours.get(method, "black"))
+        ax.set_xscale("log")
+        ax.set_title(f"{protocol} · {label_mode} · {model}", fontsize=10)
+        ax.set_xlabel("storage: images + soft labels (bytes)")
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} ({METRIC_UNITS.get(metric, '?')})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(groups):]:
+        ax.set_axis_off()
+    return _save(fig, path)
+
+
 # ----------------------------------------------------------------------------------- image grid
 
 
