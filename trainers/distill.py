@@ -397,6 +397,8 @@ class GvbsmObjective:
         index = iteration % len(self.teachers)
         ce = nnf.cross_entropy(self.teachers[index](view), targets)
         stats = self.terms[index].pop(self.first_multiplier)
+        for other in self.terms:  # a backbone listed twice fires both its hook sets
+            other.terms.clear()
         return ce, stats, self.settings.nuc_norm * eigenvalue_diversity(view, targets, self.settings.tau)
 
     def close(self) -> None:
