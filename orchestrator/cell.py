@@ -25,7 +25,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.locks import one_process_per_cell
 from orchestrator.method_spec import load_train_source, load_val_source
 from orchestrator.methods import (PreparedSet, build_training_set, build_val_set, generation_cost, needs_dynamics,
-                                  tile_grid)
+                                  soft_label_bytes, soft_label_ratio, tile_grid)
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
 from trainers.reporting import latest_checkpoint
@@ -119,7 +119,7 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                            "local_run_dir": str(storage / name) if in_process else None,
                            "local_datasets": datasets if in_process else None,
                            "tune_report": tune_report, "use_gpu": gpu, "tile_grid": tile_grid(config),
-                           "speed_dir": str(config.data_root / "speed")},
+                           "speed_dir": str(config.data_root / "speed"), "label_ratio": soft_label_ratio(config)},
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
                                      resources_per_worker=None if in_process else resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
@@ -204,9 +204,7 @@ def tune_callbacks() -> list:
 
 def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict) -> None:
     """Final metrics, storage and generation figures, artifacts (resolved YAML, per-class accuracy)."""
-    soft_bytes = 0
-    if config.label_mode == "soft":  # what storing the soft labels offline would cost (fp16)
-        soft_bytes = config.schedule.epochs * data.train.num_rows * data.num_classes * 2
+    soft_bytes = soft_label_bytes(config, data.train.num_rows, data.num_classes)
     tracking.log_metrics(uri, run_id, {
         "val/top1_final": summary["top1_final"], "val/top5_final": summary["top5_final"],
         "val/top1_best": summary["top1_best"], "val/top5_best": summary["top5_best"],

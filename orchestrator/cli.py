@@ -173,7 +173,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--force", action="store_true")
     teacher.set_defaults(func=cmd_teacher)
 
-    distill = verbs.add_parser("distill", help="generate a distilled set (--method sre2l|cda|rded, --ipc N, --seed S)")
+    distill = verbs.add_parser(
+        "distill", help="generate a distilled set (--method sre2l|cda|gvbsm|lpld|rded|dwa, --ipc N, --seed S)",
+        description="Generate (or find cached) the distilled set of --method sre2l, cda, gvbsm, lpld, rded or dwa "
+                    "at --ipc N and --seed S, with its BatchNorm teacher(s) (docs/protocol.md §Distillation).")
     add_config_args(distill)
     distill.set_defaults(func=cmd_distill)
 

@@ -23,7 +23,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="protocol YAML (configs/*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optim.lr=0.01 (repeatable)")
-    parser.add_argument("--method", help="data.method")
+    parser.add_argument("--method", help="data.method: full, random, first, noise; pruning forgetting, el2n, aum, "
+                                         "ccs, pca; distillation sre2l, cda, gvbsm, lpld, rded, dwa")
     parser.add_argument("--ipc", help="data.ipc (images per class; 'null' for all)")
     parser.add_argument("--seed", type=int, help="seed")
     parser.add_argument("--label-mode", choices=["hard", "soft"], help="label_mode")

@@ -145,9 +145,11 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """SRe2L, CDA and RDED generated here (docs/protocol.md §Distillation); defaults for 28-px Fashion-MNIST.
+    """SRe2L, CDA, G-VBSM, LPLD, RDED and DWA generated here (docs/protocol.md §Distillation); defaults
+    for 28-px Fashion-MNIST.
 
-    One BatchNorm teacher per config: the teacher recipe with teacher.model = teacher_model.
+    BatchNorm teachers are the teacher recipe with teacher.model = teacher_model (G-VBSM: each of
+    gvbsm_teachers), each trained and cached under its own key.
     """
 
     teacher_model: str = "convnet3_bn_w32"  # BN teacher (squeeze) for recover and RDED scoring
@@ -163,6 +165,17 @@ class DistillConfig:
     rded_grid: int = 2  # RDED factor: grid x grid patches per stored image
     rded_candidates: int = 5  # RDED --num-crop: random crops scored per real image (best one kept)
     rded_pool: int = 300  # RDED --mipc: real images drawn per class as candidates
+    stats_pool: int = 1000  # real images per class whose statistics G-VBSM (conv) and LPLD (class BN) match
+    gvbsm_teachers: list[str] = field(default_factory=lambda: ["convnet3_bn_w32", "convnet4_bn_w32"])  # backbones, in turn
+    gvbsm_lr: float = 0.05  # G-VBSM CIFAR-10 recover.sh --lr 0.05
+    gvbsm_momentum: float = 0.8  # alpha of the moving statistics (G-VBSM CIFAR --training-momentum default)
+    gvbsm_drop_rate: float = 0.4  # beta_dr: chance a conv term is dropped per step (G-VBSM CIFAR default)
+    gvbsm_nuc_norm: float = 1.0  # weight of the eigenvalue diversity term (recover.sh --nuc-norm 1.)
+    gvbsm_tau: float = 4.0  # its temperature (--tau default)
+    label_keep_ratio: float = 0.025  # LPLD soft cells: fraction of the soft-label pool kept (paper's 40x)
+    dwa_rho: float = 0.015  # DWA --rho 15e-3: radius of the directed weight adjustment
+    dwa_steps: int = 12  # DWA --steps 12 (CIFAR, Tiny-ImageNet): adjustment steps of rho / steps
+    dwa_r_var: float = 11.0  # DWA --r-var 11 (CIFAR): weight of the BN variance term
 
 
 @dataclass(frozen=True)
@@ -223,7 +236,7 @@ POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.ba
             "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
             "eval.every", "train.keep_checkpoints", "prune.el2n_epochs", "prune.strata", "prune.pca_grid",
             "prune.score_runs", "distill.iterations", "distill.batch", "distill.rded_grid",
-            "distill.rded_candidates", "distill.rded_pool"]
+            "distill.rded_candidates", "distill.rded_pool", "distill.stats_pool", "distill.dwa_steps"]
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -384,8 +397,18 @@ def validate(config: Config) -> None:
         raise ConfigError("'data.mean' and 'data.std' need the same number of channels")
     if config.train.workers < 0:
         raise ConfigError("'train.workers' must be >= 0 (0 = local mode in the driver)")
+    check_distill(config.distill)
     if config.train.chunk < 0:
         raise ConfigError(f"'train.chunk' must be >= 0 (0 = the whole batch at once), got {config.train.chunk}")
+
+
+def check_distill(distill: DistillConfig) -> None:
+    if not 0 < distill.label_keep_ratio <= 1:
+        raise ConfigError(f"'distill.label_keep_ratio' must be in (0, 1], got {distill.label_keep_ratio}")
+    if not 0 <= distill.gvbsm_drop_rate < 1 or not 0 <= distill.gvbsm_momentum < 1:
+        raise ConfigError("'distill.gvbsm_drop_rate' and 'distill.gvbsm_momentum' must be in [0, 1)")
+    if not distill.gvbsm_teachers:
+        raise ConfigError("'distill.gvbsm_teachers' needs at least one model (G-VBSM uses several)")
 
 
 # ---------------------------------------------------------------- views of a config
@@ -434,9 +457,18 @@ RUN_ONLY_KEYS = {"output_dir", "experiment", "variant", "data.root", "train.chec
                  "train.keep_checkpoints", "data.check_images", "eval.batch_size", "train.chunk"}
 
 
+# Keys added after cells were recorded: hashed only when set away from their default, so the cells
+# recorded before them keep their names and hashes (changing one of these defaults needs a new key).
+LATE_KEYS = {"distill.stats_pool", "distill.gvbsm_teachers", "distill.gvbsm_lr", "distill.gvbsm_momentum",
+             "distill.gvbsm_drop_rate", "distill.gvbsm_nuc_norm", "distill.gvbsm_tau", "distill.label_keep_ratio",
+             "distill.dwa_rho", "distill.dwa_steps", "distill.dwa_r_var"}
+
+
 def config_hash(config: Config) -> str:
     """Hash of every value that can change a cell's result (not where it is stored)."""
-    flat = {k: v for k, v in flatten(config).items() if k not in RUN_ONLY_KEYS}
+    defaults = flatten(Config())
+    flat = {k: v for k, v in flatten(config).items()
+            if k not in RUN_ONLY_KEYS and not (k in LATE_KEYS and v == defaults[k])}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
 
 

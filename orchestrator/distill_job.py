@@ -1,11 +1,14 @@
-"""Distilled training sets made here: SRe2L, CDA and RDED as benchmark methods, cached; the `distill` verb.
+"""Distilled training sets made here: SRe2L, CDA, G-VBSM, LPLD, RDED and DWA as benchmark methods, cached;
+the `distill` verb.
 
     python -m orchestrator distill --config configs/fmnist-hard.yaml --method sre2l --ipc 10 [--seed S]
 
 Owns the plumbing around ``trainers.distill`` (docs/protocol.md §Distillation): the BatchNorm
-teacher (the teacher recipe with ``teacher.model = distill.teacher_model``, trained by the teacher
-machinery and cached under its own artifact key), the generation of exactly IPC images per class,
-and the cache. A set is stored once under
+teachers (the teacher recipe with ``teacher.model = distill.teacher_model``, or each of
+``distill.gvbsm_teachers`` for G-VBSM, trained by the teacher machinery and cached under their own
+artifact keys), the real-data statistics G-VBSM and LPLD match, the generation of exactly IPC
+images per class, and the cache. LPLD's soft cells also keep only ``distill.label_keep_ratio`` of
+the soft-label pool (the method's ``soft_label_ratio``; the loop reuses the kept labels). A set is stored once under
 ``<data_root>/distilled/<method>-ipc<N>-s<seed>-<key>/`` (``data.parquet`` in the benchmark schema
 plus ``manifest.json``: method, settings, teacher key, seed, IPC, generation seconds, images,
 device), where the key hashes everything that made it; the folder appears atomically (written
@@ -38,7 +41,7 @@ from orchestrator.locks import file_lock
 from orchestrator.method_spec import describe_method, require_ipc
 from orchestrator.teachers import resolve_teacher, teacher_key
 
-DISTILL_NAMES = ("sre2l", "cda", "rded")
+DISTILL_NAMES = ("sre2l", "cda", "gvbsm", "lpld", "rded", "dwa")
 DISTILL_VERSION = 1
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -48,29 +51,35 @@ DISTILLED_FEATURES = datasets.Features({**BENCHMARK_FEATURES, "index": datasets.
 # ---------------------------------------------------------------- teacher
 
 
-def distill_teacher_config(config: Config) -> Config:
-    """The config whose teacher is the distillation teacher: the teacher recipe with distill.teacher_model."""
-    return replace(config, {"teacher.model": config.distill.teacher_model, "teacher.source": "auto"})
+def distill_teacher_config(config: Config, model: str | None = None) -> Config:
+    """The config whose teacher is a distillation teacher: the teacher recipe with `model`
+    (default distill.teacher_model)."""
+    return replace(config, {"teacher.model": model or config.distill.teacher_model, "teacher.source": "auto"})
 
 
-def distill_teacher_key(config: Config) -> str:
-    return teacher_key(distill_teacher_config(config))
+def teacher_models(config: Config, method: str) -> list[str]:
+    """The BatchNorm teachers `method` makes its images with: G-VBSM's backbones, else one."""
+    return list(config.distill.gvbsm_teachers) if method == "gvbsm" else [config.distill.teacher_model]
 
 
-def ensure_distill_teacher(config: Config) -> Path:
-    """The BN teacher's file. Sweeps, `teacher` and `distill` train it first (the method's `teachers`);
+def distill_teacher_key(config: Config, model: str | None = None) -> str:
+    return teacher_key(distill_teacher_config(config, model))
+
+
+def ensure_distill_teacher(config: Config, model: str | None = None) -> Path:
+    """A BN teacher's file. Sweeps, `teacher` and `distill` train it first (the method's `teachers`);
     a cell run on its own without it gets a ConfigError naming that fix."""
     try:
-        return Path(resolve_teacher(distill_teacher_config(config)))
+        return Path(resolve_teacher(distill_teacher_config(config, model)))
     except ConfigError as exc:
-        raise ConfigError(f"{config.data.method} makes its images with a {config.distill.teacher_model} "
+        raise ConfigError(f"{config.data.method} makes its images with a {model or config.distill.teacher_model} "
                           f"BatchNorm teacher: {exc}") from exc
 
 
-def load_distill_teacher(config: Config, num_classes: int, device):
+def load_distill_teacher(config: Config, num_classes: int, device, model: str | None = None):
     from trainers.models import load_teacher
 
-    path = ensure_distill_teacher(config)
+    path = ensure_distill_teacher(config, model)
     return load_teacher(str(path), num_classes=num_classes, in_chans=config.in_chans,
                         img_size=config.data.image_size, device=device)
 
@@ -94,13 +103,26 @@ def method_settings(config: Config, method: str) -> dict:
                 "jitter": d.jitter, "crop_scale": list(d.crop_scale), "batch": d.batch}
     if method == "cda":
         settings.update(cda_mode=d.cda_mode, cda_milestone=d.cda_milestone)
+    if method == "gvbsm":
+        settings.update(lr=d.gvbsm_lr, teachers=list(d.gvbsm_teachers), stats_pool=d.stats_pool,
+                        momentum=d.gvbsm_momentum, drop_rate=d.gvbsm_drop_rate, nuc_norm=d.gvbsm_nuc_norm,
+                        tau=d.gvbsm_tau)
+    if method == "lpld":
+        settings.update(stats_pool=d.stats_pool, class_wise=True)
+    if method == "dwa":
+        settings.update(rho=d.dwa_rho, steps=d.dwa_steps, r_var=d.dwa_r_var, init="real")
     return settings
 
 
+def teacher_keys(config: Config, method: str) -> list[str]:
+    return [distill_teacher_key(config, model) for model in teacher_models(config, method)]
+
+
 def distilled_dir(config: Config, method: str, ipc: int) -> Path:
-    """`<data_root>/distilled/<method>-ipc<N>-s<seed>-<key>`: the key covers settings, teacher and storage."""
+    """`<data_root>/distilled/<method>-ipc<N>-s<seed>-<key>`: the key covers settings, teachers and storage."""
+    keys = teacher_keys(config, method)
     recipe = {"method": method, "ipc": ipc, "seed": config.seed, "settings": method_settings(config, method),
-              "teacher_key": distill_teacher_key(config), "image_size": config.data.image_size,
+              "teacher_key": keys[0] if len(keys) == 1 else keys, "image_size": config.data.image_size,
               "mode": config.data.mode, "mean": list(config.data.mean), "std": list(config.data.std),
               "version": DISTILL_VERSION}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -139,14 +161,16 @@ def generate(config: Config, source_dataset: datasets.Dataset, method: str, ipc:
     """Make the set, then write data + manifest into a temporary folder renamed to `folder`."""
     num_classes = int(class_id_array(source_dataset).max()) + 1
     device = distill_device(config)
-    teacher = load_distill_teacher(config, num_classes, device)
+    models = teacher_models(config, method)
+    teachers = [load_distill_teacher(config, num_classes, device, model) for model in models]
     started = time.perf_counter()
-    images, labels, extra = GENERATORS[method](config, teacher, source_dataset, ipc, num_classes, device)
+    images, labels, extra = GENERATORS[method](config, teachers, source_dataset, ipc, num_classes, device)
     seconds = time.perf_counter() - started
     dataset = to_dataset(images, labels, method, config.data.mode)
     manifest = {"kind": "rethinkdc-distilled", "version": DISTILL_VERSION, "method": method, "ipc": ipc,
                 "seed": config.seed, "settings": method_settings(config, method),
-                "teacher_key": distill_teacher_key(config), "teacher_model": config.distill.teacher_model,
+                "teacher_key": distill_teacher_key(config, models[0]), "teacher_model": models[0],
+                "teacher_keys": teacher_keys(config, method), "teacher_models": models,
                 "generation_seconds": round(seconds, 3), "images": len(dataset), "device": device,
                 "num_classes": num_classes, "fingerprint": fingerprint(dataset), **extra}
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
@@ -185,14 +209,17 @@ def png_bytes(pixels: np.ndarray, mode: str) -> bytes:
 # ---------------------------------------------------------------- generators
 
 
-def recover_settings(config: Config):
+def recover_settings(config: Config, **overrides):
+    from dataclasses import replace as replace_fields
+
     from trainers.distill import RecoverSettings
 
     d = config.distill
-    return RecoverSettings(iterations=d.iterations, lr=d.lr, r_bn=d.r_bn, first_bn_multiplier=d.first_bn_multiplier,
-                           jitter=d.jitter, crop_scale=tuple(d.crop_scale), batch=d.batch,
-                           image_size=config.data.image_size, in_chans=config.in_chans,
-                           mean=tuple(config.data.mean), std=tuple(config.data.std))
+    settings = RecoverSettings(iterations=d.iterations, lr=d.lr, r_bn=d.r_bn, first_bn_multiplier=d.first_bn_multiplier,
+                               jitter=d.jitter, crop_scale=tuple(d.crop_scale), batch=d.batch,
+                               image_size=config.data.image_size, in_chans=config.in_chans,
+                               mean=tuple(config.data.mean), std=tuple(config.data.std))
+    return replace_fields(settings, **overrides)
 
 
 def cda_curriculum(config: Config):
@@ -204,13 +231,15 @@ def cda_curriculum(config: Config):
                    low=d.crop_scale[0], high=d.crop_scale[1])
 
 
-def _recovered(config: Config, teacher, ipc: int, num_classes: int, device: str, curriculum):
-    """Recovered images ordered by class: targets are laid out ipc slot by slot, then sorted by class."""
+def _recovered(config: Config, teacher, ipc: int, num_classes: int, device: str, curriculum=None, *,
+               settings=None, **options):
+    """Recovered images ordered by class: targets are laid out ipc slot by slot, then sorted by class.
+    `options` go to ``recover`` (objective, init, class_wise)."""
     from trainers.distill import recover
 
     targets = np.tile(np.arange(num_classes), ipc)
-    images, log = recover(teacher, targets.tolist(), settings=recover_settings(config), seed=config.seed,
-                          device=device, curriculum=curriculum)
+    images, log = recover(teacher, targets.tolist(), settings=settings or recover_settings(config), seed=config.seed,
+                          device=device, curriculum=curriculum, **options)
     order = np.argsort(targets, kind="stable")
     tenth = max(1, len(log["bn_loss"]) // 10)
     losses = {name: {"first_tenth": float(values[:tenth].mean()), "last_tenth": float(values[-tenth:].mean())}
@@ -218,12 +247,79 @@ def _recovered(config: Config, teacher, ipc: int, num_classes: int, device: str,
     return images[order], targets[order], {"losses": losses}
 
 
-def generate_sre2l(config: Config, teacher, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
-    return _recovered(config, teacher, ipc, num_classes, device, None)
+def generate_sre2l(config: Config, teachers: list, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    return _recovered(config, teachers[0], ipc, num_classes, device)
 
 
-def generate_cda(config: Config, teacher, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
-    return _recovered(config, teacher, ipc, num_classes, device, cda_curriculum(config))
+def generate_cda(config: Config, teachers: list, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    return _recovered(config, teachers[0], ipc, num_classes, device, cda_curriculum(config))
+
+
+def real_views(config: Config, dataset: datasets.Dataset, per_class: int):
+    """Up to `per_class` seeded real images per class as augmented, normalised training views (one
+    RandomResizedCrop(crop_scale) + flip each): what G-VBSM's and LPLD's real statistics are taken on."""
+    from trainers.augment import train_views
+
+    images, labels, _ = candidate_pool(dataset, per_class, config.seed, config.data.mode)
+    views = train_views(np.transpose(images, (0, 2, 3, 1)), np.arange(len(images)), epoch=0, seed=config.seed,
+                        size=config.data.image_size, scale=tuple(config.distill.crop_scale),
+                        mean=config.data.mean, std=config.data.std)
+    return views, labels
+
+
+def generate_gvbsm(config: Config, teachers: list, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    """G-VBSM: every backbone's conv statistics on real views, then recovery against the backbones in turn."""
+    from trainers.distill import GvbsmObjective, GvbsmSettings, conv_statistics
+
+    d = config.distill
+    views, _ = real_views(config, dataset, d.stats_pool)
+    teachers = [teacher.to(device).eval().requires_grad_(False) for teacher in teachers]
+    conv_targets = [conv_statistics(teacher, views) for teacher in teachers]
+    gvbsm = GvbsmSettings(momentum=d.gvbsm_momentum, drop_rate=d.gvbsm_drop_rate, nuc_norm=d.gvbsm_nuc_norm,
+                          tau=d.gvbsm_tau)
+
+    def objective(targets, batch_index: int) -> GvbsmObjective:
+        return GvbsmObjective(teachers, conv_targets, gvbsm, d.first_bn_multiplier,
+                              np.random.default_rng([config.seed, batch_index, 1]))
+
+    images, labels, extra = _recovered(config, teachers[0], ipc, num_classes, device, objective=objective,
+                                       settings=recover_settings(config, lr=d.gvbsm_lr))
+    return images, labels, {**extra, "statistics_images": len(views)}
+
+
+def generate_lpld(config: Config, teachers: list, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    """LPLD: class-wise batches matched to class-wise BatchNorm statistics of real views."""
+    from trainers.distill import class_bn_statistics, lpld_objective
+
+    views, labels = real_views(config, dataset, config.distill.stats_pool)
+    teacher = teachers[0].to(device).eval().requires_grad_(False)
+    objective = lpld_objective(teacher, class_bn_statistics(teacher, views, labels),
+                               config.distill.first_bn_multiplier)
+    images, out_labels, extra = _recovered(config, teacher, ipc, num_classes, device, objective=objective,
+                                           class_wise=True)
+    return images, out_labels, {**extra, "statistics_images": len(views)}
+
+
+def generate_dwa(config: Config, teachers: list, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+    """DWA: recovery from ipc seeded real images per class against a directed adjustment of the teacher."""
+    from trainers.distill import DwaObjective
+
+    d = config.distill
+    images, labels, rows = candidate_pool(dataset, ipc, config.seed, config.data.mode)
+    counts = np.bincount(labels, minlength=num_classes)
+    if counts.min() < ipc:
+        raise DataError(f"DWA at IPC {ipc} starts from {ipc} real images per class; class {int(counts.argmin())} "
+                        f"has {int(counts.min())}")
+    slots = np.tile(np.arange(num_classes), ipc)  # _recovered's layout: slot k holds class c's k-th image
+    first = np.searchsorted(labels, np.arange(num_classes))
+    init = images[first[slots] + np.repeat(np.arange(ipc), num_classes)]
+    teacher = teachers[0].to(device).eval().requires_grad_(False)
+
+    def objective(targets, batch_index: int) -> DwaObjective:
+        return DwaObjective(teacher, d.first_bn_multiplier, rho=d.dwa_rho, steps=d.dwa_steps, var_weight=d.dwa_r_var)
+
+    out, out_labels, extra = _recovered(config, teacher, ipc, num_classes, device, objective=objective, init=init)
+    return out, out_labels, {**extra, "init_rows": rows}
 
 
 def candidate_pool(dataset: datasets.Dataset, pool: int, seed: int, mode: str) -> tuple[np.ndarray, np.ndarray, list]:
@@ -238,13 +334,13 @@ def candidate_pool(dataset: datasets.Dataset, pool: int, seed: int, mode: str) -
     return images, class_id_array(subset), rows.tolist()
 
 
-def generate_rded(config: Config, teacher, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
+def generate_rded(config: Config, teachers: list, dataset: datasets.Dataset, ipc: int, num_classes: int, device: str):
     from trainers.distill import rded
 
     d = config.distill
     images, labels, rows = candidate_pool(dataset, d.rded_pool, config.seed, config.data.mode)
     try:
-        out, out_labels = rded(teacher, images, labels, ipc=ipc, grid=d.rded_grid,
+        out, out_labels = rded(teachers[0], images, labels, ipc=ipc, grid=d.rded_grid,
                                candidates_per_image=d.rded_candidates, seed=config.seed, device=device,
                                mean=config.data.mean, std=config.data.std)
     except ValueError as exc:
@@ -252,7 +348,8 @@ def generate_rded(config: Config, teacher, dataset: datasets.Dataset, ipc: int, 
     return out, out_labels, {"candidate_images": len(rows)}
 
 
-GENERATORS = {"sre2l": generate_sre2l, "cda": generate_cda, "rded": generate_rded}
+GENERATORS = {"sre2l": generate_sre2l, "cda": generate_cda, "gvbsm": generate_gvbsm, "lpld": generate_lpld,
+              "rded": generate_rded, "dwa": generate_dwa}
 
 
 def _distill_method(name: str):
@@ -270,8 +367,17 @@ def generation_cost(config: Config) -> dict[str, float]:
     return {"distill/generation_s": manifest["generation_seconds"], "distill/generation_images": manifest["images"]}
 
 
-DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=lambda config: [distill_teacher_config(config)],
-                                         generation_cost=generation_cost)
+def _teachers(name: str):
+    return lambda config: [distill_teacher_config(config, model) for model in teacher_models(config, name)]
+
+
+def lpld_label_ratio(config: Config) -> float:
+    """LPLD's soft cells keep distill.label_keep_ratio of the soft-label pool (docs/protocol.md §Distillation)."""
+    return config.distill.label_keep_ratio
+
+
+DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=_teachers(name), generation_cost=generation_cost,
+                                         soft_label_ratio=lpld_label_ratio if name == "lpld" else None)
                    for name in DISTILL_NAMES}
 
 

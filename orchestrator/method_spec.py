@@ -24,7 +24,8 @@ def describe_method(fn: MethodFn, *, needs_dynamics: bool = False, reversible: b
                     tile_grid: Callable[[Config], int] | None = None,
                     teachers: Callable[[Config], list[Config]] | None = None,
                     generation_cost: Callable[[Config], dict[str, float]] | None = None,
-                    check: Callable[[Config], None] | None = None) -> MethodFn:
+                    check: Callable[[Config], None] | None = None,
+                    soft_label_ratio: Callable[[Config], float] | None = None) -> MethodFn:
     """Record on a method what the rest of the system needs to know about the set it produces.
 
     needs_dynamics: it reads pruning scores from the teacher runs' training dynamics;
@@ -35,7 +36,9 @@ def describe_method(fn: MethodFn, *, needs_dynamics: bool = False, reversible: b
         by the driver before cells run (`teacher_job.ensure_prerequisites`), never by a sweep trial;
     generation_cost: metrics of what making the cell's (already made) set cost, logged with the cell
         (a distilled set: `distill/generation_s`, `distill/generation_images`);
-    check: raises ConfigError for settings the method refuses, before any cell of a sweep trains.
+    check: raises ConfigError for settings the method refuses, before any cell of a sweep trains;
+    soft_label_ratio: the fraction of the soft-label pool its soft cells keep (LPLD's label pruning;
+        1: every label), which the loop reuses and the storage column counts.
     """
     fn.needs_dynamics = needs_dynamics
     fn.reversible = reversible
@@ -43,6 +46,7 @@ def describe_method(fn: MethodFn, *, needs_dynamics: bool = False, reversible: b
     fn.teachers = teachers or (lambda config: [])
     fn.generation_cost = generation_cost or (lambda config: {})
     fn.check = check or (lambda config: None)
+    fn.soft_label_ratio = soft_label_ratio or (lambda config: 1.0)
     return fn
 
 

@@ -86,6 +86,30 @@ def generation_cost(config: Config) -> dict[str, float]:
     return {} if from_template(config) else method_fn(config).generation_cost(config)
 
 
+def soft_label_ratio(config: Config) -> float:
+    """The fraction of the soft-label pool the cell keeps: 1 for hard cells and published (template) sets,
+    else what its method says (LPLD: distill.label_keep_ratio)."""
+    if config.label_mode != "soft" or from_template(config):
+        return 1.0
+    return method_fn(config).soft_label_ratio(config)
+
+
+def soft_label_bytes(config: Config, num_views: int, num_classes: int) -> int:
+    """What storing the cell's soft labels offline would cost (fp16): a teacher output per view per epoch,
+    or, for a pruned pool, per view of its kept batches."""
+    if config.label_mode != "soft":
+        return 0
+    ratio = soft_label_ratio(config)
+    if ratio >= 1:
+        return config.schedule.epochs * num_views * num_classes * 2
+    from trainers.batches import label_pool_views
+
+    min_size = max(1, config.train.workers) * config.train.grad_accum
+    views = label_pool_views(num_views, batch_size=config.train.batch_size, min_size=min_size,
+                             epochs=config.schedule.epochs, ratio=ratio)
+    return views * num_classes * 2
+
+
 def method_label(config: Config) -> str:
     """The method as tables show it: easy-first (reversed) pruning rules are their own method, and a
     sweep grid's `variant` (an ablation's setting) follows the method: "pca (prune only)"."""

@@ -13,11 +13,16 @@ Owns the sampling contract that makes a number mean one protocol at any worker c
 - PCA's Augment input: a stored image holding grid x grid tiles gives either one view per tile
   ("tile") or one view of a tile drawn per (seed, epoch, image) ("image"); crops stay inside
   the tile so a view never mixes two combined images.
+- A pruned soft-label pool (LPLD, ``label_ratio`` < 1): the labels a full run would store are its
+  epochs x steps batches (views, mix and teacher outputs); only the first int(ratio x total) are
+  kept, and each step of each epoch trains on one of them drawn uniformly, seeded by (seed, epoch).
+  A kept batch is rebuilt exactly (its epoch's order and views, its mix reseeded per batch), so the
+  teacher's outputs on it are the stored labels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -56,6 +61,7 @@ class MicroBatch:
     label: torch.Tensor
     key: torch.Tensor
     weight: float
+    mix_seed: int | None = None  # reseed the mix before this batch (a stored batch of a pruned label pool)
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,31 @@ def epoch_plan(num_views: int, *, seed: int, epoch: int, batch_size: int, world:
                accum: int) -> list[np.ndarray]:
     order = epoch_order(num_views, seed=seed, epoch=epoch)
     return global_batches(order, batch_size=batch_size, min_size=world * accum)
+
+
+# ------------------------------------------------------------------ a pruned soft-label pool (LPLD)
+
+
+def label_pool_size(epochs: int, steps: int, ratio: float) -> int:
+    """How many of the epochs x steps stored label batches a pool pruned to `ratio` keeps: the first
+    int(ratio x total), at least one (LPLD ``train_FKD_label_pruning_batch.py``:
+    ``pool[:int((1 - prune_ratio) * total_steps)]``)."""
+    return max(1, int(ratio * epochs * steps + 1e-9))
+
+
+def label_pool_views(num_views: int, *, batch_size: int, min_size: int, epochs: int, ratio: float) -> int:
+    """Views whose soft labels a pruned pool stores: the sizes of its batches summed (ratio 1: every view
+    of every epoch)."""
+    sizes = [len(b) for b in global_batches(np.arange(num_views), batch_size=batch_size, min_size=min_size)]
+    full, rest = divmod(label_pool_size(epochs, len(sizes), ratio), len(sizes))
+    return full * num_views + sum(sizes[:rest])
+
+
+def pooled_batches(*, seed: int, epoch: int, steps: int, pool: int) -> list[tuple[int, int]]:
+    """The stored (epoch, step) batches epoch `epoch` trains on: one per step, drawn uniformly with
+    replacement from the pool's `pool` batches, stored epoch by epoch (LPLD's random batch_to_epoch)."""
+    draws = np.random.default_rng([seed, epoch, 7]).integers(0, pool, size=steps)
+    return [divmod(int(draw), steps) for draw in draws.tolist()]
 
 
 # ------------------------------------------------------------------ views of stored images
@@ -177,12 +208,14 @@ def micro_batch(tiles: np.ndarray, labels: np.ndarray, position: np.ndarray, til
 class MemoryBatches:
     """Epochs over a decoded in-memory set: {"image", "label", "key"} arrays sorted by key."""
 
-    def __init__(self, arrays: dict, *, grid: int, tile_views: str, augment: Augment):
+    def __init__(self, arrays: dict, *, grid: int, tile_views: str, augment: Augment, label_ratio: float = 1.0,
+                 epochs: int = 1):
         self.tiles = split_tiles(np.asarray(arrays["image"]), grid)
         self.labels = np.asarray(arrays["label"], dtype=np.int64)
         self.keys = np.asarray(arrays["key"], dtype=np.int64)
         self.tile_views = tile_views
         self.augment = augment
+        self.label_ratio, self.epochs = label_ratio, epochs
 
     def view_index(self, epoch: int):
         return view_index(self.keys, tiles=self.tiles.shape[1], mode=self.tile_views,
@@ -191,19 +224,41 @@ class MemoryBatches:
     def steps(self, epoch: int, *, batch_size: int, world: int, rank: int, accum: int
               ) -> tuple[Iterator[list[MicroBatch]], StepCounts]:
         """This rank's optimizer steps of `epoch` (each a list of micro-batches) and the global counts."""
-        position, tile, view_keys = self.view_index(epoch)
-        plan = epoch_plan(len(position), seed=self.augment.seed, epoch=epoch, batch_size=batch_size,
-                          world=world, accum=accum)
-        counts = StepCounts(steps=len(plan), samples=int(sum(len(b) for b in plan)))
+        layouts = {}  # stored epoch -> (view index, plan): one epoch's, or those a pruned label pool reuses
+
+        def layout(stored_epoch: int):
+            if stored_epoch not in layouts:
+                position, tile, view_keys = self.view_index(stored_epoch)
+                layouts[stored_epoch] = (position, tile, view_keys, epoch_plan(
+                    len(position), seed=self.augment.seed, epoch=stored_epoch, batch_size=batch_size, world=world,
+                    accum=accum))
+            return layouts[stored_epoch]
+
+        picks = self.picks(epoch, len(layout(epoch)[3]))
+        counts = StepCounts(steps=len(picks), samples=int(sum(len(layout(e)[3][s]) for e, s in picks)))
 
         def generate() -> Iterator[list[MicroBatch]]:
-            for batch in plan:
-                micro = rank_micro_batches(batch, world=world, rank=rank, accum=accum)
-                weights = loss_weights(micro, global_size=len(batch), world=world)
-                yield [micro_batch(self.tiles, self.labels, position[m], tile[m], view_keys[m], epoch,
-                                   self.augment, w) for m, w in zip(micro, weights)]
+            for stored_epoch, step in picks:
+                position, tile, view_keys, plan = layout(stored_epoch)
+                micro = rank_micro_batches(plan[step], world=world, rank=rank, accum=accum)
+                weights = loss_weights(micro, global_size=len(plan[step]), world=world)
+                mix_seed = self.mix_seed(stored_epoch, step, rank)
+                yield [replace(micro_batch(self.tiles, self.labels, position[m], tile[m], view_keys[m], stored_epoch,
+                                           self.augment, w), mix_seed=mix_seed) for m, w in zip(micro, weights)]
 
         return generate(), counts
+
+    def picks(self, epoch: int, steps: int) -> list[tuple[int, int]]:
+        """The (stored epoch, step) batches of `epoch`: its own, or draws from a pruned label pool."""
+        if self.label_ratio >= 1:
+            return [(epoch, step) for step in range(steps)]
+        pool = label_pool_size(self.epochs, steps, self.label_ratio)
+        return pooled_batches(seed=self.augment.seed, epoch=epoch, steps=steps, pool=pool)
+
+    def mix_seed(self, stored_epoch: int, step: int, rank: int) -> int | None:
+        if self.label_ratio >= 1:
+            return None  # the loop's per-epoch seeding
+        return int(np.random.default_rng([self.augment.seed, stored_epoch, step, rank]).integers(2**32))
 
 
 # ------------------------------------------------------------------ sets too large for memory

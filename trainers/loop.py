@@ -189,10 +189,14 @@ def training_steps(loop_config: dict, config: Config, where):
     grid = loop_config.get("tile_grid", 1)  # the method says how its stored images are tiled
     arrays_ref = loop_config.get("train_arrays")
     if arrays_ref is None:
+        if loop_config.get("label_ratio", 1.0) < 1 and config.label_mode == "soft":
+            raise ValueError("a pruned soft-label pool needs the set in memory; this one streams")
         shard = where.dataset_shard("train")
         return lambda epoch: (stream_steps(shard, epoch, grid=grid, tile_views=tile_views(config), augment=augment,
                                            shuffle_buffer=config.train.shuffle_buffer, **sizes), None)
-    memory = MemoryBatches(received(arrays_ref), grid=grid, tile_views=tile_views(config), augment=augment)
+    label_ratio = loop_config.get("label_ratio", 1.0) if config.label_mode == "soft" else 1.0
+    memory = MemoryBatches(received(arrays_ref), grid=grid, tile_views=tile_views(config), augment=augment,
+                           label_ratio=label_ratio, epochs=config.schedule.epochs)
 
     def epoch_steps(epoch: int):
         steps, counts = memory.steps(epoch, rank=where.rank, **sizes)
@@ -237,6 +241,8 @@ def forward_backward(config: Config, model, teacher, mixup, micro, epoch: int, d
     """
     images = precision.to_device_batch(micro.image, device, config.train.channels_last)
     labels = micro.label.to(device)
+    if micro.mix_seed is not None:  # a stored batch of a pruned label pool: its mix, as when it was stored
+        np.random.seed(micro.mix_seed)
     images, targets = mix_batch(mixup, images, labels)
     total, keys = len(images), micro.key.numpy()[: len(images)]
     loss_sum = 0.0

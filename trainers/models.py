@@ -2,7 +2,8 @@
 
 Owns the small-image architectures registered in timm's registry (``convnet3``, the
 dataset-distillation evaluator ConvNet-3; ``convnet3_bn`` / ``convnet3_bn_w32``, the same with
-BatchNorm, the SRe2L/CDA/RDED teacher; and ``resnet18_small``, timm's resnet18 with a
+BatchNorm, the SRe2L/CDA/RDED teacher; ``convnet4_bn_w32``, a ConvNet-4 with BatchNorm, G-VBSM's second
+backbone; and ``resnet18_small``, timm's resnet18 with a
 CIFAR-style stem), ``create_student`` (any timm model by name) and the teacher file format
 written by ``save_teacher`` and read by ``load_teacher`` / ``teacher_meta``.
 Importing this module is enough for ``timm.create_model('convnet3', ...)`` to work.
@@ -59,6 +60,7 @@ default_cfgs = generate_default_cfgs(
         "convnet3_w32": _cfg(first_conv="features.0.conv", fixed_input_size=True),
         "convnet3_bn": _cfg(first_conv="features.0.conv", fixed_input_size=True),
         "convnet3_bn_w32": _cfg(first_conv="features.0.conv", fixed_input_size=True),
+        "convnet4_bn_w32": _cfg(first_conv="features.0.conv", fixed_input_size=True),
         "resnet18_small": _cfg(),
     }
 )
@@ -200,6 +202,15 @@ def convnet3_bn_w32(pretrained: bool = False, **kwargs: Any) -> ConvNet:
     _reject_pretrained("convnet3_bn_w32", pretrained)
     kwargs.update(depth=3, width=32, norm="batch")
     return build_model_with_cfg(ConvNet, "convnet3_bn_w32", pretrained=False, **kwargs)
+
+
+@register_model
+def convnet4_bn_w32(pretrained: bool = False, **kwargs: Any) -> ConvNet:
+    """ConvNet-4 (the DD literature's ConvNetD4) of width 32 with BatchNorm2d: a second BN backbone for
+    G-VBSM's statistics matching, another depth at the cost of convnet3_bn_w32."""
+    _reject_pretrained("convnet4_bn_w32", pretrained)
+    kwargs.update(depth=4, width=32, norm="batch")
+    return build_model_with_cfg(ConvNet, "convnet4_bn_w32", pretrained=False, **kwargs)
 
 
 @register_model
