@@ -116,9 +116,9 @@ def report_store(args: argparse.Namespace) -> tuple[str, Path]:
 
 
 def has_experiment(uri: str, experiment: str) -> bool:
-    from mlflow import MlflowClient
+    from orchestrator.store_retry import retrying_client
 
-    return MlflowClient(uri).get_experiment_by_name(experiment) is not None
+    return retrying_client(uri).get_experiment_by_name(experiment) is not None
 
 
 def render_terminal_from(paths: dict) -> str:
@@ -127,9 +127,9 @@ def render_terminal_from(paths: dict) -> str:
 
 def sweep_run_id(uri: str, experiment: str) -> str | None:
     """The experiment's sweep parent run, where the report is logged back (None: a new report run)."""
-    from mlflow import MlflowClient
+    from orchestrator.store_retry import retrying_client
 
-    client = MlflowClient(uri)
+    client = retrying_client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None

@@ -18,6 +18,7 @@ from orchestrator import tracking
 from orchestrator.config import Config, apply_overrides, cell_name, config_from_dict, to_dict
 from orchestrator.progress import SweepProgress, tune_callback
 from orchestrator.runtime import console_verbose, init_ray, use_gpu, worker_lines_to
+from orchestrator.store_retry import retrying_client
 from orchestrator.sweep_config import Search, Sweep, describe, trial_resources
 
 
@@ -79,14 +80,12 @@ def search_with_progress(cell: Config, parent_id: str, sweep: Sweep, progress: S
 
 def sweep_parent_run(uri: str, experiment_id: str, sweep: Sweep) -> str:
     """The sweep's parent run (reused, RUNNING again, when the same sweep is run again), with its grid."""
-    from mlflow import MlflowClient
-
     previous = tracking.find_run(uri, experiment_id, cell=sweep.name, role="sweep")
     if previous is not None:
-        MlflowClient(uri).update_run(previous.info.run_id, status="RUNNING")
+        retrying_client(uri).update_run(previous.info.run_id, status="RUNNING")
         return previous.info.run_id
-    run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep-{sweep.name}",
-                                       tags={"role": "sweep", "cell": sweep.name})
+    run = retrying_client(uri).create_run(experiment_id, run_name=f"sweep-{sweep.name}",
+                                          tags={"role": "sweep", "cell": sweep.name})
     grid = [{"cell": cell_name(c), "protocol": c.name, "method": c.data.method, "ipc": c.data.ipc,
              "label_mode": c.label_mode, "model": c.model.name, "seed": c.seed} for c in sweep.cells]
     tracking.log_text_artifacts(uri, run.info.run_id, {"sweep.yaml": yaml.safe_dump(sweep.source, sort_keys=False),
@@ -228,9 +227,7 @@ def close_stopped_trials(uri: str, experiment_id: str, grid) -> None:
     whatever state the interruption left its MLflow run in (RUNNING, or FAILED when the stop reached
     the training loop as an exception).
     """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
+    client = retrying_client(uri)
     for result in grid:
         run = tracking.find_run(uri, experiment_id, cell=cell_name(trial_config(result.config)), role="trial")
         if run is None or run.info.status == "FINISHED":

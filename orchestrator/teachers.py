@@ -156,14 +156,15 @@ def record_artifact_keys(uri: str, run_id: str, config: Config, teacher: str | N
     A resumed cell whose artifacts changed since it started (another key) is refused: its epochs
     would mix two teachers or two score sets.
     """
-    from mlflow import MlflowClient
     from mlflow.entities import Param, RunTag
     from mlflow.exceptions import MlflowException
 
+    from orchestrator.store_retry import retrying_client
+
     params, tags = artifact_params(config, teacher, uses_dynamics)
     try:
-        MlflowClient(uri).log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
-                                    tags=[RunTag(k, v) for k, v in tags.items()])
+        retrying_client(uri).log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                                       tags=[RunTag(k, v) for k, v in tags.items()])
     except MlflowException as exc:
         raise ConfigError(f"MLflow run {run_id} was started with other teacher/dynamics keys than {params}: "
                           f"rerun the cell with --force ({exc})") from exc

@@ -1,7 +1,8 @@
 """MLflow tracking: store location, experiments, one run per cell, stable metric and param names.
 
-Everything goes through an explicit `MlflowClient(uri)`; the global `mlflow.set_experiment` state
-is never used (it exports MLFLOW_EXPERIMENT_ID and silently redirects later runs).
+Everything goes through an explicit client for the URI, `store_retry.retrying_client(uri)` (an
+MlflowClient that waits out a store another process holds locked); the global `mlflow.set_experiment`
+state is never used (it exports MLFLOW_EXPERIMENT_ID and silently redirects later runs).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from orchestrator.config import Config, flatten, to_yaml
 from orchestrator.errors import OrchestratorError
 from orchestrator.files import write_text
 from orchestrator.locks import file_lock, store_lock
+from orchestrator.store_retry import retrying_client, sqlite_path
 
 # Short names users compare in the MLflow UI and the report reads.
 CELL_PARAMS = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode",
@@ -57,11 +59,6 @@ def writable_dir(path: Path) -> Path:
     return out
 
 
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI, else None."""
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
     """Experiment id by name, created when missing (artifacts under `artifact_root` for SQLite).
 
@@ -79,7 +76,7 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
 
 
 def get_or_create_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
-    client = MlflowClient(uri)
+    client = retrying_client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -88,7 +85,7 @@ def get_or_create_experiment(uri: str, name: str, artifact_root: Path | None) ->
         location = (Path(artifact_root) / "mlartifacts").resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
-    except Exception:  # created concurrently by another process
+    except MlflowException:  # created concurrently by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
@@ -126,7 +123,7 @@ def record_location(name: str, out: Path) -> None:
 
 def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
     """The newest run of this cell (tag `cell`), or None."""
-    runs = MlflowClient(uri).search_runs(
+    runs = retrying_client(uri).search_runs(
         [experiment_id], filter_string=f"tags.cell = '{cell}' and tags.role = '{role}'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
@@ -135,7 +132,7 @@ def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
 def start_run(uri: str, experiment_id: str, config: Config, *, cell: str, role: str = "cell",
               parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Create the run and log the resolved config as params plus the short cell params."""
-    client = MlflowClient(uri)
+    client = retrying_client(uri)
     all_tags = {"role": role, "cell": cell, "protocol": config.name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -152,13 +149,13 @@ def log_params(uri: str, run_id: str, config: Config) -> None:
     params["method"] = method_label(config)
     params.update(flat)
     batch = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
-    client = MlflowClient(uri)
+    client = retrying_client(uri)
     for start in range(0, len(batch), 90):
         client.log_batch(run_id, params=batch[start:start + 90])
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
-    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    retrying_client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -166,12 +163,12 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int = 0)
 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-    MlflowClient(uri).log_batch(run_id, metrics=batch)
+    retrying_client(uri).log_batch(run_id, metrics=batch)
 
 
 def log_text_artifacts(uri: str, run_id: str, files: dict[str, str], artifact_path: str | None = None) -> None:
     """Write {file name: text} to a temp dir and log them as run artifacts."""
-    client = MlflowClient(uri)
+    client = retrying_client(uri)
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in files.items():
             (Path(tmp) / name).write_text(text)
@@ -187,7 +184,7 @@ def log_table_artifact(uri: str, run_id: str, name: str, table) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(table, Path(tmp) / name)
-        MlflowClient(uri).log_artifact(run_id, str(Path(tmp) / name))
+        retrying_client(uri).log_artifact(run_id, str(Path(tmp) / name))
 
 
 def log_config_artifact(uri: str, run_id: str, config: Config) -> None:
@@ -195,7 +192,7 @@ def log_config_artifact(uri: str, run_id: str, config: Config) -> None:
 
 
 def terminate(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(uri).set_terminated(run_id, status=status)
+    retrying_client(uri).set_terminated(run_id, status=status)
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:

@@ -43,6 +43,13 @@ def test_worker_code_never_imports_the_driver_side():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_mlflow_clients_wait_out_a_busy_store():
+    """MLflow is called through `store_retry.retrying_client` (issue 18); `report/` only reads."""
+    offenders = [p.relative_to(REPO) for p in sources("orchestrator", "trainers")
+                 if "MlflowClient(" in p.read_text() and p.name != "store_retry.py" and "report" not in p.parts]
+    assert offenders == []
+
+
 def test_only_pca_names_the_pca_method():
     """Other modules ask the registry what a method's set holds instead of checking its name."""
     offenders = [p.relative_to(REPO) for p in sources("orchestrator", "trainers")

@@ -2,8 +2,9 @@
 
 `train_loop_per_worker(loop_config)` runs on every worker (or in the driver in local mode). It is
 pure with respect to its input: the resolved config dict plus a few facts the driver computed
-(number of classes, teacher file, MLflow run). Rank 0 logs per-epoch metrics to MLflow, prints
-progress, evaluates, and writes checkpoints that hold everything needed to resume exactly.
+(number of classes, teacher file, MLflow run). Rank 0 logs per-epoch metrics to MLflow (a store
+another process holds locked delays them, never the training or a checkpoint), prints progress,
+evaluates, and writes checkpoints that hold everything needed to resume exactly.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 import trainers.models  # noqa: F401  (registers convnet3 / resnet18_small in timm)
 from orchestrator.config import Config, config_from_dict, replace
 from orchestrator.data.pipeline import val_batches
+from orchestrator.errors import StoreBusyError
+from orchestrator.store_retry import retrying_client, store_busy_now, store_name
 from trainers.batches import MemoryBatches, augment_settings, chunk_slices, stream_steps
 from trainers.evaluate import evaluate
 from trainers.losses import compute_loss
@@ -53,6 +56,7 @@ class History:
     wall_seconds: float = 0.0  # the loop's wall time up to this checkpoint, over every attempt
     prior_wall_seconds: float = 0.0  # wall time of earlier attempts, up to the checkpoint resumed from
     speed: dict = field(default_factory=dict)  # the resolved precision / layout / compile of the last attempt
+    unlogged_metrics: list = field(default_factory=list)  # rows a busy MLflow store held back (MetricLogger)
 
 
 def seed_everything(seed: int, epoch: int, rank: int) -> None:
@@ -86,6 +90,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         cutmix_alpha=config.mix.cutmix_alpha, prob=config.mix.prob,
                         switch_prob=config.mix.switch_prob, num_classes=num_classes)
     logger = MetricLogger(loop_config, rank)
+    logger.restore(history.unlogged_metrics)
     dynamics = open_dynamics(loop_config, rank)
 
     epoch_steps = training_steps(loop_config, config, where)
@@ -101,7 +106,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                                  device, dynamics)
         samples = samples if samples is not None else seen * world
         if not math.isfinite(loss):
-            logger.flush()
+            logger.flush(wait=True)
             logger.fail(f"diverged: training loss {loss} at epoch {epoch + 1}")
             raise FloatingPointError(f"cell {logger.label} diverged: training loss is {loss} at epoch "
                                      f"{epoch + 1}. Fix: lower optim.lr (now {config.optim.lr}) or check the data")
@@ -122,11 +127,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics["val/eval_s"] = time.perf_counter() - eval_start
         logger.log(epoch, metrics, history, epochs)
         if checkpoint_due(config, epoch) or evaluation:
-            logger.flush()  # MLflow gets the epochs in batches, always up to the checkpoint being written
+            logger.flush()  # MLflow gets the epochs in batches, up to the checkpoint unless the store is busy
+        history.unlogged_metrics = logger.unlogged()  # the checkpoint keeps what a busy store held back
         if dynamics is not None:
             dynamics.end_epoch()
         reported = {**metrics, "epoch": epoch + 1, "val/top1": history.last_eval.get("top1", 0.0)}
         report(config, epoch, reported, history, model, optimizer, scheduler, rank, where)
+    logger.flush(wait=True)  # after the last checkpoint: what a busy store held back, waiting for it now
     if dynamics is not None:
         dynamics.close()
 
@@ -359,18 +366,24 @@ def open_dynamics(loop_config: dict, rank: int):
 
 
 class MetricLogger:
-    """Rank 0's per-epoch MLflow metrics and terminal progress line."""
+    """Rank 0's per-epoch MLflow metrics and terminal progress line.
+
+    Epochs wait in `pending` (one list of metrics per epoch) until a flush. A store another process
+    holds locked never stops training: a flush then keeps them pending (they also ride along in the
+    checkpoints, `unlogged`) and the next flush tries again; the last flush waits out the store.
+    """
 
     def __init__(self, loop_config: dict, rank: int):
         self.enabled = rank == 0
         self.label = loop_config.get("cell", "cell")
-        self.client, self.run_id = None, loop_config.get("run_id")
-        if self.enabled and self.run_id and loop_config.get("mlflow_uri"):
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(loop_config["mlflow_uri"])
+        self.uri, self.run_id = loop_config.get("mlflow_uri"), loop_config.get("run_id")
+        self.client = self.impatient = None
+        if self.enabled and self.run_id and self.uri:
+            self.client = retrying_client(self.uri)  # waits out a busy store (store_retry.WINDOW_S)
+            self.impatient = retrying_client(self.uri, window=0)  # StoreBusyError at once
         self.logged_through = self.last_logged_epoch()
-        self.pending: list = []
+        self.pending: list[list] = []
+        self.held_back = False  # a busy store made a flush keep the epochs (said once per episode)
 
     def last_logged_epoch(self) -> int:
         """The last epoch an earlier attempt of this run logged (-1 if none).
@@ -392,17 +405,65 @@ class MetricLogger:
         if not self.enabled:
             return
         if self.client is not None and epoch > self.logged_through:
-            from mlflow.entities import Metric
-
             now = int(time.time() * 1000)
-            self.pending += [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+            self.pending.append([(key, float(value), now, epoch) for key, value in metrics.items()])
         console(progress_line(self.label, epoch, epochs, metrics, history))
 
-    def flush(self) -> None:
-        """One MLflow call for the epochs logged since the last flush (MLflow takes <= 1000 a call)."""
-        for start in range(0, len(self.pending), 1000):
-            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
-        self.pending = []
+    def unlogged(self) -> list:
+        """The pending epochs' metrics as plain (key, value, timestamp, step) rows, for a checkpoint."""
+        return [list(row) for rows in self.pending for row in rows]
+
+    def restore(self, rows: list) -> None:
+        """Queue the metrics a checkpoint carried because the store was busy, unless logged since."""
+        if self.client is None:
+            return
+        by_epoch: dict[int, list] = {}
+        for key, value, timestamp, step in rows:
+            if step > self.logged_through:
+                by_epoch.setdefault(int(step), []).append((key, value, int(timestamp), int(step)))
+        self.pending = [by_epoch[step] for step in sorted(by_epoch)] + self.pending
+
+    def flush(self, wait: bool = False) -> None:
+        """Log the pending epochs, whole epochs per MLflow call (<= 1000 metrics a call).
+
+        Without `wait`, a busy store keeps them pending and training goes on; with `wait` (the end
+        of training) a busy store is waited for, up to StoreBusyError.
+        """
+        if self.client is None or not self.pending:
+            return
+        from mlflow.entities import Metric
+
+        if not wait and store_busy_now(self.uri):
+            return self.hold_back()
+        try:
+            for count in epoch_batches(self.pending):
+                metrics = [Metric(*row) for rows in self.pending[:count] for row in rows]
+                (self.client if wait else self.impatient).log_batch(self.run_id, metrics=metrics)
+                del self.pending[:count]
+        except StoreBusyError:
+            if wait:
+                raise
+            return self.hold_back()
+        self.held_back = False
+
+    def hold_back(self) -> None:
+        if not self.held_back:
+            console(f"[{self.label}] MLflow store {store_name(self.uri)} is locked by another process: epochs "
+                    f"{self.pending[0][0][3] + 1}.. stay pending (and in the checkpoints); training goes on")
+        self.held_back = True
+
+
+def epoch_batches(pending: list[list], limit: int = 1000) -> list[int]:
+    """How many pending epochs each MLflow call takes: whole epochs, at most `limit` metrics a call
+    (an epoch is never split, so a run's logged epochs are always complete)."""
+    counts, size = [], limit + 1
+    for rows in pending:
+        if size + len(rows) > limit:
+            counts.append(0)
+            size = 0
+        counts[-1] += 1
+        size += len(rows)
+    return counts
 
 
 def console(line: str) -> None:
