@@ -77,6 +77,9 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
         shutil.rmtree(storage / name, ignore_errors=True)  # a forced rerun starts from scratch
         run_id = tracking.start_run(uri, experiment_id, config, cell=name, role=role,
                                     parent_run_id=parent_run_id, tags={"fingerprint": data.train.fingerprint})
+        tracking.log_training_set(uri, run_id, name=set_name(config), fingerprint=data.train.fingerprint,
+                                  source=str(data.train.path), images=data.train.num_rows,
+                                  image_bytes=data.train.image_bytes)
     else:
         run_id = previous.info.run_id
         print(f"[{name}] resuming MLflow run {run_id}", flush=True)
@@ -218,6 +221,13 @@ def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict)
     tracking.log_table_artifact(uri, run_id, tracking.PREVIEW_ARTIFACT, preview_rows(data.train.path))
     tracking.set_tags(uri, run_id, {"status_note": "finished", **resolved_speed_tags(summary)})
     tracking.terminate(uri, run_id, "FINISHED")
+
+
+def set_name(config: Config) -> str:
+    """The training set as the runs table's Dataset column names it: method-IPC (e.g. pca (prune only)-ipc10)."""
+    from orchestrator.methods import method_label
+
+    return f"{method_label(config)}-ipc{'all' if config.data.ipc is None else config.data.ipc}"
 
 
 def resolved_speed_tags(summary: dict) -> dict[str, str]:

@@ -17,9 +17,11 @@ from orchestrator.errors import OrchestratorError
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.cell import run_cell
+    from orchestrator.teacher_job import ensure_prerequisites
 
     config = config_from_args(args)
     use_address(args.address)
+    ensure_prerequisites(config)  # the teacher, training dynamics or distillation teacher it needs, as a sweep does
     run_cell(config, force=args.force)  # prints the cell's result line and where its MLflow run is
     return 0
 

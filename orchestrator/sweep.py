@@ -56,7 +56,7 @@ def sweep_progress(sweep: Sweep) -> SweepProgress:
 
 
 def run_cells(sweep: Sweep, parent_id: str, progress: SweepProgress) -> list[dict]:
-    prepare_prerequisites(sweep)
+    prepare_prerequisites(sweep, parent_id)
     try:
         with worker_lines_to(progress.line):
             if sweep.search is None:
@@ -93,12 +93,13 @@ def sweep_parent_run(uri: str, experiment_id: str, sweep: Sweep) -> str:
     return run.info.run_id
 
 
-def prepare_prerequisites(sweep: Sweep) -> None:
-    """Train what cells share before they start: the soft-label teacher, pruning dynamics."""
+def prepare_prerequisites(sweep: Sweep, parent_id: str) -> None:
+    """Train what cells share before they start (the soft-label teacher, pruning dynamics, distillation
+    teachers), their runs nested under the sweep's."""
     from orchestrator.teacher_job import ensure_prerequisites
 
     for config in sweep.cells:
-        ensure_prerequisites(config)
+        ensure_prerequisites(config, parent_run_id=parent_id)
 
 
 def cell_trial(params: dict) -> None:

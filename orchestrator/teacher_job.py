@@ -31,19 +31,21 @@ def train_teacher(config: Config, *, force: bool = False) -> Path:
     return teacher_path(config)
 
 
-def train_score_run(config: Config, run: int, *, force: bool = False) -> None:
+def train_score_run(config: Config, run: int, *, force: bool = False, parent_run_id: str | None = None) -> None:
     """Score run `run`: train it (or find it finished), seal its dynamics, register run 0 as the teacher.
 
-    A finished run whose dynamics are gone or damaged is trained again from scratch.
+    A finished run whose dynamics are gone or damaged is trained again from scratch. parent_run_id:
+    the sweep that needed it (its MLflow run is nested there).
     """
     run_config = teacher_training_config(config, run)
     out = dynamics_dir(config, run)
     if force:
         shutil.rmtree(out, ignore_errors=True)
-    result = run_cell(run_config, force=force, role="teacher" if run == 0 else "score_run", dynamics_dir=out)
+    result = run_cell(run_config, force=force, role="teacher" if run == 0 else "score_run", dynamics_dir=out,
+                      parent_run_id=parent_run_id)
     if result.skipped and not dynamics_ready(config, run):
         print(f"score run {run}: finished, but its dynamics at {out} are incomplete; training it again", flush=True)
-        return train_score_run(config, run, force=True)
+        return train_score_run(config, run, force=True, parent_run_id=parent_run_id)
     data = prepare_data(run_config)
     if not result.skipped:
         write_manifest(out, epochs=config.teacher.epochs, num_samples=data.train.num_rows, key=artifact_key(config, run))
@@ -103,14 +105,15 @@ def missing_runs(config: Config) -> list[int]:
     return missing
 
 
-def ensure_prerequisites(config: Config) -> None:
+def ensure_prerequisites(config: Config, parent_run_id: str | None = None) -> None:
     """Train the teacher and score runs a soft cell or a pruning method needs, when missing, and
-    the extra teachers the cell's method makes its set with (a distillation teacher)."""
+    the extra teachers the cell's method makes its set with (a distillation teacher); their runs are
+    nested under `parent_run_id` (a sweep's run) when given."""
     for run in missing_runs(config):
         what = "the teacher (score run 0)" if run == 0 else f"score run {run}"
         print(f"training {what} on the full training set first ({dynamics_dir(config, run)})", flush=True)
-        train_score_run(config, run)
+        train_score_run(config, run, parent_run_id=parent_run_id)
     for teacher_config in method_fn(config).teachers(config):
         if not teacher_ready(teacher_config):
             print(f"training the teacher {teacher_config.teacher.model} its set is made with first", flush=True)
-            train_score_run(teacher_config, 0)
+            train_score_run(teacher_config, 0, parent_run_id=parent_run_id)

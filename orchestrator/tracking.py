@@ -75,16 +75,24 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
     return experiment_id
 
 
+# MLflow 3's UI picks an experiment's pages from this tag: model training (runs table, charts), not
+# the GenAI overview (traces) it opens on for untagged experiments.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def get_or_create_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     client = retrying_client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.tags.get("mlflow.experimentKind") is None:  # made before the tag: open on runs too
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     location = None
     if artifact_root is not None and uri.startswith("sqlite:"):
         location = (Path(artifact_root) / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:  # created concurrently by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -185,6 +193,25 @@ def log_table_artifact(uri: str, run_id: str, name: str, table) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pq.write_table(table, Path(tmp) / name)
         retrying_client(uri).log_artifact(run_id, str(Path(tmp) / name))
+
+
+def log_training_set(uri: str, run_id: str, *, name: str, fingerprint: str, source: str, images: int,
+                     image_bytes: int) -> None:
+    """The cell's compressed set as the run's MLflow dataset input (the runs table's Dataset column):
+    named method-IPC, digested by its fingerprint, with its source and its images and bytes as profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=fingerprint[:36], source_type="local", source=json.dumps({"uri": source}),
+                      profile=json.dumps({"num_images": int(images), "image_bytes": int(image_bytes)}))
+    context = InputTag(key="mlflow.data.context", value="training")
+    retrying_client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=[context])])
+
+
+def log_tables(uri: str, run_id: str, tables: dict[str, Any]) -> None:
+    """pandas tables as MLflow tables of a run (`{artifact file: frame}`), comparable in the UI."""
+    client = retrying_client(uri)
+    for artifact_file, frame in tables.items():
+        client.log_table(run_id, data=frame, artifact_file=artifact_file)
 
 
 def log_config_artifact(uri: str, run_id: str, config: Config) -> None:

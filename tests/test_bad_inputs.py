@@ -73,9 +73,12 @@ def test_hub_key_without_network(capsys, base_args):
     assert code == 2 and "he-yang/2025-rethinkdc-imagenet-random-ipc-10" in text and "save_to_disk" in text
 
 
-def test_soft_labels_without_teacher(capsys, base_args):
-    code, text = run_cli(capsys, "run", *base_args, "--label-mode", "soft", "--ipc", "1")
-    assert code == 2 and "teacher" in text and "python -m orchestrator teacher" in text
+def test_run_trains_the_missing_teacher_first_as_a_sweep_does(capsys, base_args, tmp_path):
+    code, text = run_cli(capsys, "run", *base_args, "--label-mode", "soft", "--ipc", "1",
+                         "--set", "teacher.epochs=1", "--set", "teacher.model=convnet3_w32")
+    assert code == 0, text
+    assert "training the teacher (score run 0) on the full training set first" in text and "top-1 final" in text
+    assert list((tmp_path / "out" / "teachers").glob("*/convnet3_w32.pt"))  # registered for the next soft cell
 
 
 def test_more_workers_than_images_is_refused_before_training(capsys, tmp_path):

@@ -210,6 +210,8 @@ def log_report(tracking_uri: str, experiment: str, paths: Mapping[str, Path] | I
     try:
         for p in files:
             mlflow_client.log_artifact(run_id, str(p), artifact_path="report")
+            if Path(p).suffix == ".csv":  # also as an MLflow table: comparable in the UI's artifact view
+                mlflow_client.log_table(run_id, data=pd.read_csv(p), artifact_file=f"report/{Path(p).stem}.json")
     except Exception:
         if not parent_run_id:
             mlflow_client.set_terminated(run_id, status="FAILED")
