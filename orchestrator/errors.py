@@ -15,7 +15,10 @@ with `--verbose`) and exits with the error's `exit_code`, so scripts can tell th
 """
 
 import difflib
+import errno
+import sqlite3
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class OrchestratorError(Exception):
@@ -62,3 +65,62 @@ def did_you_mean(name: str, known: Iterable[str], *, n: int = 1, cutoff: float =
     """"did you mean 'x'? " for the closest known names, or "" when none is close."""
     close = difflib.get_close_matches(name, list(known), n=n, cutoff=cutoff)
     return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+
+
+def original_error(error: BaseException) -> BaseException:
+    """The exception a cell's own code raised, out of the wrappers Ray puts around it on the way back:
+    a Tune trial's RayTaskError, Ray Train's WorkerGroupError (one per failed rank), ControllerError
+    and UserExceptionWithTraceback."""
+    for _ in range(8):  # wrappers nest a few deep at most
+        inner = wrapped_error(error)
+        if inner is None:
+            return error
+        error = inner
+    return error
+
+
+def wrapped_error(error: BaseException) -> BaseException | None:
+    """The exception one Ray wrapper holds, or None when `error` is not a wrapper."""
+    failures = getattr(error, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        return failures[min(failures)]
+    for name in ("_base_exc", "controller_failure", "cause"):
+        inner = getattr(error, name, None)
+        if isinstance(inner, BaseException) and inner is not error:
+            return inner
+    return None
+
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_full_cause(error: BaseException) -> BaseException | None:
+    """The "no space left" (or "quota exceeded") error behind `error`, if any: an OSError, or SQLite's
+    "database or disk is full", found through exception chains and Ray's wrappers; else None."""
+    seen, stack = set(), [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, DiskFullError) or (
+                isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS):
+            return current
+        if isinstance(current, sqlite3.OperationalError) and "disk is full" in str(current):
+            return current
+        stack += [current.__cause__, current.__context__, getattr(current, "orig", None), wrapped_error(current)]
+    return None
+
+
+def disk_full_error(cause: BaseException, folder: str | Path | None) -> DiskFullError:
+    """The one-line DiskFullError for `cause` (see `disk_full_cause`), naming the folder written to."""
+    if isinstance(cause, DiskFullError):
+        return cause
+    if isinstance(cause, OSError):
+        what = cause.strerror or "no space left on device"
+        if cause.filename:
+            what += f" writing {cause.filename}"
+    else:
+        what = "the MLflow store (SQLite) cannot grow"
+    place = f"in {folder}" if folder else "where the run writes"
+    return DiskFullError(f"the disk is full {place} ({what}): free space there or pass another --output-dir")
