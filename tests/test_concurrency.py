@@ -31,7 +31,7 @@ def test_runs_started_together_on_a_new_output_folder_share_its_store(tmp_path, 
                                  stderr=subprocess.STDOUT, text=True) for seed in range(3)]
     outputs = [child.communicate(timeout=300)[0] for child in children]
     for child, output in zip(children, outputs):
-        assert child.returncode == 2 and "IPC 7000" in output and "Traceback" not in output, output[-2500:]
+        assert child.returncode == 3 and "IPC 7000" in output and "Traceback" not in output, output[-2500:]
 
 
 def test_a_held_cell_makes_another_process_wait_and_name_the_holder(tmp_path):
