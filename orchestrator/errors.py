@@ -16,7 +16,7 @@ with `--verbose`) and exits with the error's `exit_code`, so scripts can tell th
 
 import difflib
 import errno
-import sqlite3
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -92,35 +92,43 @@ def wrapped_error(error: BaseException) -> BaseException | None:
 
 
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# What the errors say when they crossed a process (Ray pickles an exception without its chain, and
+# keeps the worker's traceback as text) or came from a library that sets no errno (SQLite, pyarrow).
+DISK_FULL_TEXTS = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT), "database or disk is full")
 
 
 def disk_full_cause(error: BaseException) -> BaseException | None:
-    """The "no space left" (or "quota exceeded") error behind `error`, if any: an OSError, or SQLite's
-    "database or disk is full", found through exception chains and Ray's wrappers; else None."""
-    seen, stack = set(), [error]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
+    """The "no space left" (or "quota exceeded") error behind `error`, if any, found through exception
+    chains and Ray's wrappers: an OSError with that errno, else the innermost error saying so; else None."""
+    errors = related_errors(error)
+    for candidate in errors:
+        if isinstance(candidate, DiskFullError) or (
+                isinstance(candidate, OSError) and candidate.errno in DISK_FULL_ERRNOS):
+            return candidate
+    return next((e for e in reversed(errors) if any(text in str(e) for text in DISK_FULL_TEXTS)), None)
+
+
+def related_errors(error: BaseException) -> list[BaseException]:
+    """`error`, its causes and contexts, and what Ray's wrappers hold, outermost first."""
+    found, queue = [], [error]
+    while queue:
+        current = queue.pop(0)
+        if current is None or any(current is seen for seen in found):
             continue
-        seen.add(id(current))
-        if isinstance(current, DiskFullError) or (
-                isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS):
-            return current
-        if isinstance(current, sqlite3.OperationalError) and "disk is full" in str(current):
-            return current
-        stack += [current.__cause__, current.__context__, getattr(current, "orig", None), wrapped_error(current)]
-    return None
+        found.append(current)
+        queue += [current.__cause__, current.__context__, getattr(current, "orig", None), wrapped_error(current)]
+    return found
 
 
 def disk_full_error(cause: BaseException, folder: str | Path | None) -> DiskFullError:
     """The one-line DiskFullError for `cause` (see `disk_full_cause`), naming the folder written to."""
     if isinstance(cause, DiskFullError):
         return cause
-    if isinstance(cause, OSError):
-        what = cause.strerror or "no space left on device"
-        if cause.filename:
-            what += f" writing {cause.filename}"
-    else:
+    if isinstance(cause, OSError) and cause.strerror:
+        what = cause.strerror + (f" writing {cause.filename}" if cause.filename else "")
+    elif "database or disk is full" in str(cause):
         what = "the MLflow store (SQLite) cannot grow"
+    else:
+        what = os.strerror(errno.ENOSPC)
     place = f"in {folder}" if folder else "where the run writes"
     return DiskFullError(f"the disk is full {place} ({what}): free space there or pass another --output-dir")
