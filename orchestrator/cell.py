@@ -9,6 +9,7 @@ Ray Train checkpoint and keeps its MLflow run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ from orchestrator.data.pipeline import (train_dataset, train_decodes_here, train
                                          val_decodes_here, validation_arrays)
 from orchestrator.data.select import preview_rows
 from orchestrator.data.sources import check_class_sets
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, OrchestratorError, disk_full_cause, disk_full_error, original_error
 from orchestrator.locks import one_process_per_cell
 from orchestrator.method_spec import load_train_source, load_val_source
 from orchestrator.methods import (PreparedSet, build_training_set, build_val_set, generation_cost, needs_dynamics,
@@ -73,8 +74,10 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
         print(f"[{name}] already finished: MLflow run {previous.info.run_id}", flush=True)
         return CellResult(name, previous.info.run_id, finished_summary(previous), data.train.fingerprint,
                           latest_checkpoint(storage / name), skipped=True)
-    if previous is None or previous.info.status == "FINISHED":
+    if previous is None or previous.info.status == "FINISHED" or force:
         shutil.rmtree(storage / name, ignore_errors=True)  # a forced rerun starts from scratch
+        if previous is not None and previous.info.status == "RUNNING":  # left by a killed attempt
+            tracking.terminate(uri, previous.info.run_id, "KILLED")
         run_id = tracking.start_run(uri, experiment_id, config, cell=name, role=role,
                                     parent_run_id=parent_run_id, tags={"fingerprint": data.train.fingerprint})
         tracking.log_training_set(uri, run_id, name=set_name(config), fingerprint=data.train.fingerprint,
@@ -88,9 +91,12 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
     try:
         summary, checkpoint_dir = fit(config, data, name, storage, uri, run_id, teacher, dynamics_dir,
                                       tune_report)
-    except BaseException:
-        tracking.terminate(uri, run_id, "FAILED")
-        raise
+    except BaseException as exc:
+        full = disk_full_cause(exc)
+        mark_failed(uri, run_id, disk_full=full is not None)
+        if full is None:
+            raise
+        raise disk_full_error(full, config.out) from exc
     finish(config, data, uri, run_id, summary)
     print(f"[{name}] top-1 final {summary['top1_final']:.2f}  best {summary['top1_best']:.2f}  "
           f"MLflow: {tracking.run_url(uri, experiment_id, run_id)}", flush=True)
@@ -133,11 +139,42 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
         dataset_config=DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:
+        cause = raised_by_the_loop(exc)
+        if cause is exc:
+            raise
+        raise cause from exc
     summary, checkpoint_dir = final_summary(result, storage / name, in_process)
     # A resumed cell's wall time also counts its earlier attempts (up to the checkpoint it resumed from).
     summary["wall_seconds"] = time.perf_counter() - started + summary.get("prior_wall_seconds", 0.0)
     return summary, checkpoint_dir
+
+
+def raised_by_the_loop(error: Exception) -> Exception:
+    """The project error the training loop raised (TrainingDiverged, CheckpointError, ...) out of Ray
+    Train's wrappers (a worker group's WorkerGroupError), so it reaches the CLI as one line; any other
+    error as it came."""
+    cause = original_error(error)
+    return cause if isinstance(cause, OrchestratorError) else error
+
+
+def mark_failed(uri: str, run_id: str, *, disk_full: bool) -> None:
+    """End the cell's MLflow run FAILED. When the disk is full the store may refuse that too: the full
+    disk is the error to report then (the run stays RUNNING until the cell is rerun)."""
+    if not disk_full:
+        tracking.terminate(uri, run_id, "FAILED")
+        return
+    store_log = logging.getLogger("mlflow.store.db.utils")  # logs each failed write with a traceback
+    level = store_log.level
+    store_log.setLevel(logging.CRITICAL)
+    try:
+        tracking.terminate(uri, run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the disk error is raised by the caller
+        pass
+    finally:
+        store_log.setLevel(level)
 
 
 def hand_over(arrays: dict | None, in_process: bool):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from orchestrator.cli_args import add_config_args, config_from_args, run_parsed, use_address
@@ -140,15 +141,93 @@ def sweep_run_id(uri: str, experiment: str) -> str | None:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     from orchestrator.tracking import default_uri
 
     uri = args.tracking_uri or default_uri(Path(args.output_dir))
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", args.host, "--port", str(args.port)]
-    print("starting:", " ".join(command))
-    return subprocess.call(command)
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    print("starting:", " ".join(command), flush=True)
+    return serve_until_stopped(command)
+
+
+UI_GRACE_S = 10.0  # after a SIGTERM/SIGINT, how long the server's processes get before SIGKILL
+
+
+def serve_until_stopped(command: list[str]) -> int:
+    """Run a server in its own session (process group) and stop the whole group with this process.
+
+    `mlflow ui` serves from child processes (gunicorn/uvicorn workers): SIGTERM or SIGINT to this
+    process is forwarded to the group, which gets UI_GRACE_S seconds before SIGKILL, so stopping
+    this pid frees the port. Returns the server's exit code, or 128 + the signal that stopped it.
+    """
+    import signal
+    import subprocess
+
+    server = subprocess.Popen(command, start_new_session=True)
+    stops: list[tuple[int, float]] = []
+
+    def forward(signum, frame) -> None:
+        stops.append((signum, time.monotonic()))
+        signal_group(server.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = wait_for_server(server, stops)
+    finally:
+        end_group(server.pid)  # workers the server left behind, or all of it if this process fails
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + stops[0][0] if stops else code
+
+
+def wait_for_server(server, stops: list[tuple[int, float]]) -> int:
+    import signal
+    import subprocess
+
+    while True:
+        try:
+            return server.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if stops and time.monotonic() - stops[0][1] > UI_GRACE_S:
+                signal_group(server.pid, signal.SIGKILL)
+
+
+def end_group(group: int) -> None:
+    """SIGTERM to what is left of the group, SIGKILL after UI_GRACE_S."""
+    import signal
+
+    signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + UI_GRACE_S
+    while group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    signal_group(group, signal.SIGKILL)
+
+
+def signal_group(group: int, signum: int) -> None:
+    try:
+        os.killpg(group, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of the group still runs (zombies waiting to be reaped do not count)."""
+    if not Path("/proc").is_dir():  # no /proc (macOS): any member, zombies included
+        try:
+            os.killpg(group, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -158,7 +237,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="train and evaluate one benchmark cell")
     add_config_args(run)
-    run.add_argument("--force", action="store_true", help="retrain even if this cell already finished")
+    run.add_argument("--force", action="store_true",
+                     help="train the cell again from scratch, even if it finished or has checkpoints")
     run.set_defaults(func=cmd_run)
 
     sweep = verbs.add_parser("sweep", help="run a grid of cells with Ray Tune (resumable)")
@@ -216,6 +296,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--workers", type=int, help="server worker processes (default: MLflow's, 4)")
     ui.set_defaults(func=cmd_ui)
     add_verbose_flag(parser, verbs)
     return parser

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, disk_full_cause, disk_full_error
 
 SHORTHANDS = {"method": "data.method", "ipc": "data.ipc", "seed": "seed", "label_mode": "label_mode",
               "model": "model.name", "epochs": "schedule.epochs", "workers": "train.workers",
@@ -60,15 +61,28 @@ def use_address(address: str | None) -> None:
 
 
 def run_parsed(args: argparse.Namespace) -> int:
-    """Run a parsed verb: project errors become one `error:` line and exit code 2, no traceback."""
+    """Run a parsed verb: a project error, or a full disk, becomes one `error:` line and the error's exit
+    code (`orchestrator.errors`), its traceback printed only with `--verbose`."""
     from orchestrator.runtime import set_console
 
-    set_console(verbose=getattr(args, "verbose", False))
+    verbose = getattr(args, "verbose", False)
+    set_console(verbose=verbose)
     try:
         return args.func(args)
     except OrchestratorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report_error(exc, verbose)
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        cause = disk_full_cause(exc)
+        if cause is None:
+            raise
+        return report_error(disk_full_error(cause, getattr(args, "output_dir", None)), verbose)
+
+
+def report_error(error: OrchestratorError, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {error}", file=sys.stderr)
+    return error.exit_code

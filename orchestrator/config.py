@@ -248,10 +248,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: pass a file from configs/ "
                           f"(e.g. configs/fmnist-hard.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    raw = read_yaml_file(path, "config file")
     if raw is None:  # else it would train on the built-in defaults without saying so
         raise ConfigError(f"config file {path} is empty (or only comments): pass a protocol from configs/ "
                           f"or start one with `base: fmnist-hard.yaml`")
@@ -261,6 +258,37 @@ def read_yaml(path: str | Path) -> dict:
     if base is None:
         return raw
     return deep_merge(read_yaml(path.parent / base), raw)
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """The plain data in a YAML file (`safe_load`: tags such as !!python/object are refused, never run).
+
+    Shared by protocol and sweep files: invalid YAML is one ConfigError naming the file, the line
+    and the fix, instead of the parser's multi-line report.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error_message(path, exc, what)) from exc
+
+
+def yaml_error_message(path: Path, exc: yaml.YAMLError, what: str) -> str:
+    """One line: where the parser stopped, what it found, and how to fix it."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = (getattr(exc, "problem", None) or str(exc).splitlines()[0]).strip()
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+        tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        return (f"{what} {path}{where}: the tag {tag} is not allowed (files are read as plain data, never "
+                f"as Python objects). Fix: remove the tag and write the value as a plain string, number, "
+                f"list or mapping")
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f" ({context} started at line {context_mark.line + 1})"
+    return (f"{what} {path} is not valid YAML{where}: {problem}. Fix: correct the YAML there "
+            f"(indentation, a missing ':', an unclosed bracket or quote)")
 
 
 def deep_merge(base: dict, top: dict) -> dict:

@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from orchestrator.config import Config
-from orchestrator.data.select import arrow_column, class_id_array, fingerprint, select_per_class, write_parquet
+from orchestrator.data.select import (ClassTooSmall, arrow_column, class_id_array, fingerprint, select_per_class,
+                                      write_parquet)
 from orchestrator.data.sources import Source, check_images
 from orchestrator.distill_job import DISTILL_METHODS, to_dataset
 from orchestrator.errors import ConfigError, did_you_mean
@@ -147,7 +148,10 @@ def materialize(dataset: datasets.Dataset, directory: Path, name: str, check: bo
 
 
 def build_training_set(config: Config, source: Source) -> PreparedSet:
-    subset = method_fn(config)(config, with_index(source.dataset))
+    try:
+        subset = method_fn(config)(config, with_index(source.dataset))
+    except ClassTooSmall as exc:  # the method saw class ids; the source knows their names
+        raise exc.named(source.classes) from exc
     ipc = "all" if config.data.ipc is None else config.data.ipc
     return materialize(subset, config.data_root / "sets", f"{config.data.method}-ipc{ipc}",
                        config.data.check_images and not source.prepared_here)  # decoding 60k images: ~5 s

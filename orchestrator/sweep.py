@@ -16,6 +16,7 @@ import yaml
 
 from orchestrator import tracking
 from orchestrator.config import Config, apply_overrides, cell_name, config_from_dict, to_dict
+from orchestrator.errors import OrchestratorError, disk_full_cause, disk_full_error, original_error
 from orchestrator.progress import SweepProgress, tune_callback
 from orchestrator.runtime import console_verbose, init_ray, use_gpu, worker_lines_to
 from orchestrator.store_retry import retrying_client
@@ -143,9 +144,21 @@ def trial_outcome(result, out: Path) -> dict:
     outcome.setdefault("cell", trial_cell(result.config))
     outcome["error"] = None
     if result.error is not None:
-        lines = [line for line in str(result.error).splitlines() if line.strip()]
-        outcome["error"] = f"{lines[-1].strip() if lines else result.error} (trial logs under {out / 'tune'})"
+        outcome["error"] = f"{one_line(result.error)} (trial logs under {out / 'tune'})"
     return outcome
+
+
+def one_line(error: BaseException) -> str:
+    """A failed trial's error in one line: a project error's own message (out of Tune's and Ray Train's
+    wrappers), a full disk as such, else the last line of what Ray recorded."""
+    cause = original_error(error)
+    if isinstance(cause, OrchestratorError):
+        return str(cause)
+    full = disk_full_cause(error)
+    if full is not None:
+        return str(disk_full_error(full, None))
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------- hyperparameter search inside a cell

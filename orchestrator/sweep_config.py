@@ -22,10 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestrator.config import (Config, anchor_paths, apply_overrides, cell_name, config_from_dict, read_yaml,
-                                 unknown_key_message)
+                                 read_yaml_file, unknown_key_message)
 from orchestrator.errors import ConfigError
 
 AXES = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode", "model": "model.name",
@@ -100,7 +98,7 @@ def check_cells(cells: list[Config]) -> None:
 def read_sweep_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist: pass one from configs/sweeps/")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml_file(path, "sweep file") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file {path} must be a mapping")
     return raw

@@ -12,8 +12,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from orchestrator import tracking
 from orchestrator.cell import CellResult, prepare_data, run_cell
 from orchestrator.config import Config
@@ -56,10 +54,12 @@ def train_score_run(config: Config, run: int, *, force: bool = False, parent_run
 def register_teacher(config: Config, result: CellResult, data) -> Path:
     """Save run 0's weights as the teacher file (tensors + JSON-able meta holding its key and recipe)."""
     from trainers.loop import STATE_FILE
+    from trainers.models import load_weights_only
 
     if result.checkpoint_dir is None:
         raise RuntimeError(f"teacher cell {result.name} has no checkpoint to register; rerun with --force")
-    state = torch.load(result.checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    state = load_weights_only(result.checkpoint_dir / STATE_FILE, what="the teacher run's checkpoint",
+                              fix="rerun `python -m orchestrator teacher --force` to train the teacher again")
     path = teacher_path(config)
     model_kwargs = {"num_classes": data.num_classes, "in_chans": config.in_chans,
                     "img_size": config.model.input_size}

@@ -124,10 +124,11 @@ def read_teacher_meta(path: Path) -> dict:
     """The teacher file's meta, read safely (weights only); an unreadable file names the fix."""
     from trainers.models import teacher_meta
 
+    fix = f"{TEACHER_FIX}, or point teacher.source at an intact file"
     try:
-        return teacher_meta(path)
+        return teacher_meta(path, fix=fix)  # a damaged or pickled file: CheckpointError with the fix
     except ConfigError as exc:
-        raise ConfigError(f"{exc}. Fix: {TEACHER_FIX}, or point teacher.source at an intact file") from exc
+        raise ConfigError(f"{exc}. Fix: {fix}") from exc
 
 
 def artifact_params(config: Config, teacher: str | None, uses_dynamics: bool) -> tuple[dict, dict]:

@@ -1,4 +1,5 @@
-"""Bad input gets one clear error naming the problem and the fix (exit code 2, no traceback)."""
+"""Bad input gets one clear error naming the problem and the fix (no traceback): exit code 2 for a
+config, 3 for data (`orchestrator.errors`)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,20 @@ def test_unknown_config_key(capsys, base_args):
 
 def test_ipc_larger_than_a_class(capsys, base_args):
     code, text = run_cli(capsys, "run", *base_args, "--ipc", "7000")
-    assert code == 2 and "IPC 7000" in text and "6000" in text and "lower --ipc" in text
+    assert code == 3 and "IPC 7000" in text and "6000" in text and "lower --ipc" in text
+
+
+def test_ipc_larger_than_a_class_names_the_class_folder(capsys, base_args, tmp_path):
+    digits = image_folder(tmp_path / "digits", {"digit_0": 3, "digit_1": 3, "digit_2": 1})
+    code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={digits}", "--set", f"data.val={digits}",
+                         "--set", "data.val_split=train", "--method", "random", "--ipc", "2")
+    assert code == 3 and "IPC 2 is larger than class 2 ('digit_2'), which has 1 images" in text, text
 
 
 def test_missing_dataset_folder(capsys, base_args, tmp_path):
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={tmp_path / 'nowhere'}",
                          "--method", "first", "--ipc", "1")
-    assert code == 2 and "nowhere" in text
+    assert code == 3 and "nowhere" in text
 
 
 def test_corrupt_image(capsys, base_args, tmp_path):
@@ -46,7 +54,7 @@ def test_corrupt_image(capsys, base_args, tmp_path):
     (train / "c" / "1.png").write_bytes(b"not a png at all")
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--method", "first",
                          "--ipc", "1")
-    assert code == 2 and "c/1.png" in text
+    assert code == 3 and "c/1.png" in text
 
 
 def test_wrong_folder_layout(capsys, base_args, tmp_path):
@@ -56,7 +64,7 @@ def test_wrong_folder_layout(capsys, base_args, tmp_path):
         Image.new("L", (28, 28)).save(flat / f"{index}.png")
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={flat}", "--method", "first",
                          "--ipc", "1")
-    assert code == 2 and "sub-folder" in text.replace("subfolder", "sub-folder")
+    assert code == 3 and "sub-folder" in text.replace("subfolder", "sub-folder")
 
 
 def test_class_set_does_not_match_validation(capsys, base_args, tmp_path):
@@ -64,13 +72,13 @@ def test_class_set_does_not_match_validation(capsys, base_args, tmp_path):
     val = image_folder(tmp_path / "val", {"a": 2, "b": 2})
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--set", f"data.val={val}",
                          "--set", "data.val_split=train", "--method", "first", "--ipc", "1")
-    assert code == 2 and "'c'" in text and "data.classes" in text
+    assert code == 3 and "'c'" in text and "data.classes" in text
 
 
 def test_hub_key_without_network(capsys, base_args):
     code, text = run_cli(capsys, "run", *base_args, "--set",
                          "data.source_template=he-yang/2025-rethinkdc-imagenet-{method}-ipc-{ipc}", "--ipc", "10")
-    assert code == 2 and "he-yang/2025-rethinkdc-imagenet-random-ipc-10" in text and "save_to_disk" in text
+    assert code == 3 and "he-yang/2025-rethinkdc-imagenet-random-ipc-10" in text and "save_to_disk" in text
 
 
 def test_run_trains_the_missing_teacher_first_as_a_sweep_does(capsys, base_args, tmp_path):

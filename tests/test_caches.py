@@ -19,7 +19,7 @@ from orchestrator.cell import run_cell
 from orchestrator.config import replace
 from orchestrator.data.select import write_parquet
 from orchestrator.data.sources import load_source
-from orchestrator.errors import ConfigError, DataError, OrchestratorError
+from orchestrator.errors import CheckpointError, ConfigError, DataError, OrchestratorError
 from orchestrator.report import check_artifact_keys, load_cell_runs
 from orchestrator.teacher_job import missing_runs, train_teacher
 from orchestrator.teachers import artifact_key, dynamics_dir, dynamics_key, resolve_teacher, teacher_key, \
@@ -102,7 +102,7 @@ def test_a_teacher_file_of_other_settings_or_damaged_fails_in_the_driver(cache_c
     data = teacher_path(config).read_bytes()
     teacher_path(config).write_bytes(data[: len(data) // 2])  # cut in half
     started = time.perf_counter()
-    with pytest.raises(ConfigError, match=f"{teacher_path(config)} is unreadable.*teacher --force"):
+    with pytest.raises(CheckpointError, match=f"{teacher_path(config)} is unreadable.*teacher --force"):
         resolve_teacher(config)
     assert time.perf_counter() - started < 5
     with pytest.raises(ConfigError, match="plain JSON values"):
@@ -156,6 +156,6 @@ def test_a_teacher_of_other_settings_is_never_picked_up(ray_cluster, cache_confi
     # a teacher file cut in half: refused in the driver, before any training, with the fix
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ConfigError, match="unreadable.*teacher --force"):
+    with pytest.raises(CheckpointError, match="unreadable.*teacher --force"):
         run_cell(replace(config, {"seed": 1}))
     assert missing_runs(config) == [0]

@@ -37,6 +37,19 @@ def test_eta_is_unknown_until_a_cell_has_trained():
     assert header.endswith("elapsed 1:06:40  ETA ?")
 
 
+def test_progress_line_prints_small_soft_label_losses_readably():
+    """A KD loss of ~1e-5 printed as 0.0000 every epoch looked like a broken cell."""
+    from trainers.loop import History, progress_line
+
+    def loss_shown(loss: float) -> str:
+        line = progress_line("cell", 0, 3, {"train/loss": loss, "train/images_per_s": 50.0}, History())
+        return line.split("loss ", 1)[1].split()[0]
+
+    assert loss_shown(1.234e-5) == "1.234e-05"
+    assert loss_shown(2.3671) == "2.3671" and loss_shown(0.0) == "0.0000"
+    assert loss_shown(5.79e20) == "5.790e+20" and loss_shown(float("nan")) == "nan"
+
+
 def test_off_a_terminal_one_line_per_finished_cell_and_a_status_line_a_minute():
     clock = [0.0]
     stream = io.StringIO()

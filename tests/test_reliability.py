@@ -71,14 +71,14 @@ def test_empty_config_is_refused(capsys, tmp_path, text):
 def test_val_folder_without_the_split_names_data_val_split(capsys, base_args, tmp_path):
     val = image_folder(tmp_path / "val" / "train", [str(i) for i in range(10)]).parent
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.val={val}")
-    assert code == 2 and "no split folder 'test'" in text and "data.val_split" in text
+    assert code == 3 and "no split folder 'test'" in text and "data.val_split" in text  # a DataError
 
 
 def test_new_dataset_with_fashion_mnist_normalisation_is_pointed_out(capsys, base_args, tmp_path):
     train = image_folder(tmp_path / "train", ["a", "b", "c"])
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--method", "first",
                          "--ipc", "1")
-    assert code == 2  # its classes do not match Fashion-MNIST's validation set; the note came first
+    assert code == 3  # a DataError: its classes do not match Fashion-MNIST's validation set; the note came first
     assert f"data.train {train} is normalised with Fashion-MNIST's mean" in text and "data.std" in text
     assert normalisation_warning(load_config(HARD)) is None
     assert normalisation_warning(load_config(HARD, {"data.train": str(train), "data.mean": [0.5],

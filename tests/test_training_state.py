@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from orchestrator.config import load_config
+from orchestrator.errors import CheckpointError
 from trainers.loop import STATE_FILE, History, build_training_state, save_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,8 +53,10 @@ def test_checkpoint_is_loaded_as_weights_only(checkpoint, tmp_path):
     bad.mkdir()
     torch.save(state, bad / STATE_FILE)
     config = load_config(REPO / "configs" / "fmnist-hard.yaml", {"model.name": "resnet18_small"})
-    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+    with pytest.raises(CheckpointError, match="holds pickled Python objects") as refused:
         build_training_state(config, 10, torch.device("cpu"), bad)
+    assert f"delete that checkpoint folder {bad}" in str(refused.value) and "--force" in str(refused.value)
+    assert "weights_only" not in str(refused.value)  # never torch's advice to load it with code execution on
 
 
 class Exploit:

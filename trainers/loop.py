@@ -9,6 +9,7 @@ evaluates, and writes checkpoints that hold everything needed to resume exactly.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -31,10 +32,11 @@ from trainers.batches import MemoryBatches, augment_settings, chunk_slices, stre
 from trainers.evaluate import evaluate
 from trainers.losses import compute_loss
 from trainers.mix import build_mixup, mix_batch
-from trainers.models import create_student, load_teacher, unwrap_model
+from trainers.models import create_student, load_teacher, load_weights_only, unwrap_model
 from trainers import precision
 from trainers.optim import build_optimizer, build_scheduler
 from trainers.reporting import placement
+from orchestrator.errors import TrainingDiverged
 
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "summary.json"
@@ -108,8 +110,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if not math.isfinite(loss):
             logger.flush(wait=True)
             logger.fail(f"diverged: training loss {loss} at epoch {epoch + 1}")
-            raise FloatingPointError(f"cell {logger.label} diverged: training loss is {loss} at epoch "
-                                     f"{epoch + 1}. Fix: lower optim.lr (now {config.optim.lr}) or check the data")
+            raise TrainingDiverged(f"cell {logger.label} diverged: training loss is {loss} at epoch "
+                                   f"{epoch + 1}. Fix: lower optim.lr (now {config.optim.lr}) or check the data")
         scheduler.step()
         elapsed = time.perf_counter() - start
         history.train_seconds += elapsed
@@ -324,9 +326,12 @@ def checkpoint_due(config: Config, epoch: int) -> bool:
 
 
 def save_state(directory: Path, model, optimizer, scheduler, history: History, final: bool) -> None:
+    """The checkpoint's files. The state is serialised in memory, then written by Python: a full disk
+    is then an OSError (ENOSPC) that names itself, not torch's opaque "file write failed"."""
+    state = io.BytesIO()
     torch.save({"model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "history": history.__dict__},
-               directory / STATE_FILE)
+                "scheduler": scheduler.state_dict(), "history": history.__dict__}, state)
+    (directory / STATE_FILE).write_bytes(state.getbuffer())
     (directory / SUMMARY_FILE).write_text(json.dumps({**summarize(history), "final": final}))
 
 
@@ -346,7 +351,9 @@ def restore(checkpoint_dir: Path | None, model, optimizer, scheduler) -> History
     """Load weights, optimizer, schedule and history from the last checkpoint, if any."""
     if checkpoint_dir is None:
         return History()
-    state = torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+    state = load_weights_only(Path(checkpoint_dir) / STATE_FILE, what="checkpoint",
+                              fix=f"delete that checkpoint folder {checkpoint_dir} or rerun with --force to "
+                                  f"start the cell again")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -480,7 +487,9 @@ def progress_line(label: str, epoch: int, epochs: int, metrics: dict, history: H
     eta = int(per_epoch * (epochs - epoch - 1))
     top1 = metrics.get("val/top1")
     acc = f"top1 {top1:5.2f}  best {history.best_top1:5.2f}" if top1 is not None else ""
-    return (f"[{label}] epoch {epoch + 1}/{epochs}  loss {metrics['train/loss']:.4f}  {acc}  "
+    loss = metrics["train/loss"]  # soft-label (KD) losses are ~1e-5: scientific outside [1e-3, 1e5)
+    shown = f"{loss:.4f}" if loss == 0 or 1e-3 <= abs(loss) < 1e5 else f"{loss:.3e}"
+    return (f"[{label}] epoch {epoch + 1}/{epochs}  loss {shown}  {acc}  "
             f"{metrics['train/images_per_s']:.0f} img/s  ETA {eta // 60}:{eta % 60:02d}")
 
 

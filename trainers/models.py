@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from orchestrator.errors import ConfigError, OrchestratorError, did_you_mean
+from orchestrator.errors import CheckpointError, ConfigError, OrchestratorError, did_you_mean
 
 TIMM_PREFIX = "timm:"
 TEACHER_FILE_KEYS = ("model_name", "model_kwargs", "state_dict", "meta")
@@ -321,22 +322,48 @@ def save_teacher(
     return path
 
 
-def _read_teacher_file(path: Path) -> dict[str, Any]:
+def load_weights_only(path: Path, *, what: str, fix: str, mmap: bool = False) -> Any:
+    """A torch file read as tensors and plain values only (`weights_only=True`: no pickled code runs).
+
+    A file holding pickled objects, or a damaged one, is one CheckpointError naming it, why, and `fix`
+    (never torch's own advice, which suggests loading it with code execution allowed).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as exc:
+        raise CheckpointError(f"{what} {path} is unreadable ({unreadable_reason(exc)}). Fix: {fix}") from exc
+
+
+def unreadable_reason(exc: Exception) -> str:
+    """Why torch refused a file, in a few words of our own."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        named = f" ({found.group(1)})" if found else ""
+        return f"it holds pickled Python objects{named}, not only weights; loading them could run code"
+    if isinstance(exc, FileNotFoundError):
+        return "the file is missing"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"damaged or not a PyTorch file: {first.split('. ')[0]}"
+
+
+TEACHER_FILE_FIX = "train the teacher again (`python -m orchestrator teacher --force`)"
+
+
+def _read_teacher_file(path: Path, fix: str = TEACHER_FILE_FIX) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"teacher file not found: {path} (give a file written by save_teacher, or timm:<name>)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # corrupt or foreign file: name it instead of a pickle traceback
-        raise ConfigError(f"teacher file {path} is unreadable: {exc}") from exc
+    payload = load_weights_only(path, what="teacher file", fix=fix, mmap=True)
     missing = [key for key in TEACHER_FILE_KEYS if not isinstance(payload, dict) or key not in payload]
     if missing:
         raise ConfigError(f"teacher file {path} lacks {missing}; it was not written by save_teacher")
     return payload
 
 
-def teacher_meta(path: Path) -> dict[str, Any]:
-    """The ``meta`` dict stored in a teacher file, without building the model."""
-    return dict(_read_teacher_file(Path(path))["meta"])
+def teacher_meta(path: Path, fix: str = TEACHER_FILE_FIX) -> dict[str, Any]:
+    """The ``meta`` dict stored in a teacher file, without building the model (`fix`: what an
+    unreadable file's CheckpointError advises)."""
+    return dict(_read_teacher_file(Path(path), fix)["meta"])
 
 
 def _check_teacher_fits(source: str, stored: dict[str, Any], *, num_classes: int, in_chans: int, img_size: int) -> None:

@@ -62,6 +62,25 @@ def _describe_class(class_id: int, class_names: list[str] | None) -> str:
     return f"class {class_id}"
 
 
+class ClassTooSmall(DataError):
+    """IPC is larger than a class. A method sees only the dataset (class ids); the caller that knows
+    the class names (folder names) words the message with them: `exc.named(source.classes)`."""
+
+    def __init__(self, ipc: int, class_id: int, size: int, source: str, count: int,
+                 class_names: list[str] | None = None):
+        self.facts = (ipc, class_id, size, source, count)
+        self.class_names = class_names
+        super().__init__(
+            f"IPC {ipc} is larger than {_describe_class(class_id, class_names)}, which has {size} "
+            f"images in {source} ({count} classes are too small): lower --ipc to at most {size}")
+
+    def __reduce__(self):  # crosses process boundaries (a sweep trial) with its message
+        return ClassTooSmall, (*self.facts, self.class_names)
+
+    def named(self, class_names: list[str] | None) -> "ClassTooSmall":
+        return ClassTooSmall(*self.facts, class_names) if class_names else self
+
+
 def _check_selection_args(ipc: int, how: str) -> None:
     if how not in SELECTION_RULES:
         raise ConfigError(f"unknown selection rule '{how}': use one of {list(SELECTION_RULES)}")
@@ -124,11 +143,7 @@ def select_per_class(
     too_small = [(c, len(rows)) for c, rows in groups.items() if len(rows) < ipc]
     if too_small:
         cls, size = min(too_small, key=lambda item: item[1])
-        raise DataError(
-            f"IPC {ipc} is larger than {_describe_class(cls, class_names)}, which has {size} "
-            f"images in {source} ({len(too_small)} classes are too small): "
-            f"lower --ipc to at most {size}"
-        )
+        raise ClassTooSmall(ipc, cls, size, source, len(too_small), class_names)
     rng = np.random.default_rng(seed)
     picked = [_pick(groups[c], ipc, how, rng) for c in sorted(groups)]
     indices = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
