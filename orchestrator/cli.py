@@ -149,7 +149,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.workers:
         command += ["--workers", str(args.workers)]
     print("starting:", " ".join(command), flush=True)
+    for name, url in comparison_links(uri, f"http://{args.host}:{args.port}"):
+        print(f"  {name}: {url}", flush=True)
     return serve_until_stopped(command)
+
+
+def comparison_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(experiment, link to its runs table in the comparison view) for this store's experiments with runs."""
+    from orchestrator.store_retry import retrying_client
+    from orchestrator.tracking import comparison_url, tag_experiment
+
+    client = retrying_client(uri)
+    links = []
+    for experiment in client.search_experiments():
+        if experiment.name != "Default":
+            tag_experiment(client, experiment)  # the view the link opens, on stores made before it
+            links.append((experiment.name, comparison_url(base, experiment.experiment_id)))
+    return links
 
 
 UI_GRACE_S = 10.0  # after a SIGTERM/SIGINT, how long the server's processes get before SIGKILL

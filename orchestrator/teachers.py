@@ -39,7 +39,8 @@ def teacher_training_config(config: Config, run: int = 0) -> Config:
                             "train.batch_size": config.teacher.batch_size, "mix.type": "none",
                             "augment.scale": list(config.teacher.crop_scale), "seed": config.teacher.seed + run,
                             "eval.every": 1, "train.checkpoint_every": 1, "teacher.source": "auto",
-                            "train.threads": 0})  # the driver trains it alone: every core, whatever cells use
+                            "train.threads": 0,  # the driver trains it alone: every core, whatever cells use
+                            "variant": None})  # shared by every cell of a sweep, whatever grid asked for it
 
 
 _FINGERPRINTS: dict[tuple, str] = {}

@@ -78,21 +78,41 @@ def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) ->
 # MLflow 3's UI picks an experiment's pages from this tag: model training (runs table, charts), not
 # the GenAI overview (traces) it opens on for untagged experiments.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# The comparison the runs table opens on (`ui` prints its link): every run flat, best final top-1 first,
+# the headline metric as the first metric column beside the set (Dataset) and what defines a cell. MLflow's
+# UI reads a shared view from the experiment tag `mlflow.sharedViewState.<key>` (`?viewStateShareKey=<key>`).
+COMPARISON_VIEW = "comparison"
+COMPARISON_COLUMNS = ["attributes.`Dataset`", "metrics.`val/top1_final`", "params.`method`", "params.`ipc`",
+                      "params.`label_mode`", "params.`model`", "params.`seed`", "metrics.`storage/image_bytes`",
+                      "metrics.`time/train_s`"]
+EXPERIMENT_TAGS = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{COMPARISON_VIEW}": json.dumps(
+    {"searchFilter": "tags.role = 'cell'", "orderByKey": "metrics.`val/top1_final`", "orderByAsc": False,
+     "selectedColumns": COMPARISON_COLUMNS})}
+
+
+def tag_experiment(client, experiment) -> None:
+    """Give an experiment made before them the EXPERIMENT_TAGS (model-training pages, the comparison view)."""
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def comparison_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the comparison view (see COMPARISON_VIEW)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_VIEW}"
 
 
 def get_or_create_experiment(uri: str, name: str, artifact_root: Path | None) -> str:
     client = retrying_client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
-        if experiment.tags.get("mlflow.experimentKind") is None:  # made before the tag: open on runs too
-            for key, value in EXPERIMENT_KIND.items():
-                client.set_experiment_tag(experiment.experiment_id, key, value)
+        tag_experiment(client, experiment)
         return experiment.experiment_id
     location = None
     if artifact_root is not None and uri.startswith("sqlite:"):
         location = (Path(artifact_root) / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:  # created concurrently by another process
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
