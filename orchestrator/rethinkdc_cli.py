@@ -69,7 +69,7 @@ def add_reference_args(parser: argparse.ArgumentParser) -> None:
     config.add_argument("--yaml", help="a flat YAML of these options' names (the reference's config format)")
     data = parser.add_argument_group("Data Options")
     data.add_argument("train_dir", nargs="?", help="training set: image folder (one sub-folder per class) or hub key")
-    reference_option(data, "--batch-size", type=int, help="batch size per step")
+    reference_option(data, "--batch-size", type=int, help="loader batch; the optimizer batch is this x accumulation")
     reference_option(data, "--gradient-accumulation-steps", type=int, help="batches per optimizer step")
     reference_option(data, "-j", "--workers", type=int, help="data loading workers (no effect here)")
     reference_option(data, "--val-dir", help=f"validation folder (else ${VAL_ENV})")
