@@ -50,8 +50,7 @@ STANDARD_YAML = {
 }
 STANDARD = {"hard": {**STANDARD_YAML}, "soft": {**STANDARD_YAML, "mix_type": "cutmix", "hard_label": False}}
 SGD_SETTING = {"optim.name": "sgd", "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 1e-4}
-NO_EFFECT = {"workers": "decoding happens once in the driver (or in Ray Data tasks), not in loader workers",
-             "wandb_project": "runs are tracked in MLflow", "wandb_api_key": "runs are tracked in MLflow"}
+NO_EFFECT = {"workers": "decoding happens once in the driver (or in Ray Data tasks), not in loader workers"}
 EPILOG = ("Defaults are the reference's argparse defaults; --hard and --soft apply its standard YAML over them "
           "(batch 128, 300 epochs, cos, T 20, hard_label true / false, mix None / cutmix), as the reference does. "
           "Each option's config key: docs/rethinkdc-cli.md")
@@ -163,12 +162,14 @@ def read_reference_yaml(path: str) -> dict:
 
 
 def resolve(args: argparse.Namespace) -> dict:
-    """The reference's values: its defaults, then the YAML (--hard, --soft, --yaml), then given options."""
+    """The reference's values: its defaults, then the YAML (--hard, --soft, --yaml), then given options.
+
+    The validation folder: --val-dir, else $IMAGENET_VAL_DIR, else the --yaml file's `val_dir`."""
     if not (args.hard or args.soft or args.yaml):
         raise ConfigError("pass --hard, --soft or --yaml FILE: the protocol the options modify")
     file_values = read_reference_yaml(args.yaml) if args.yaml else STANDARD["soft" if args.soft else "hard"]
     values = {**REFERENCE_DEFAULTS, **file_values, **given_options(args)}
-    values["val_dir"] = given_options(args).get("val_dir") or os.environ.get(VAL_ENV)
+    values["val_dir"] = given_options(args).get("val_dir") or os.environ.get(VAL_ENV) or file_values.get("val_dir")
     return values
 
 
@@ -245,7 +246,7 @@ def say_what_is_unused(args: argparse.Namespace, tracking_uri: str, experiment: 
     """Options accepted for the reference's sake that change nothing here: said once, on stderr."""
     given = given_options(args)
     for option, why in NO_EFFECT.items():
-        if option in given and not option.startswith("wandb"):
+        if option in given:
             print(f"note: --{option.replace('_', '-')} has no effect here: {why}", file=sys.stderr)
     if any(option.startswith("wandb") for option in given):
         print(f"note: wandb is not used: this run is tracked in MLflow at {tracking_uri}, experiment "
