@@ -281,10 +281,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     from orchestrator.bench import add_bench_parser
     from orchestrator.cluster import add_submit_parser
     from orchestrator.prune_job import add_prune_parser
+    from orchestrator.rethinkdc_cli import add_rethinkdc_parser
 
     add_prune_parser(verbs)
     add_bench_parser(verbs)
     add_submit_parser(verbs)
+    add_rethinkdc_parser(verbs)
 
     data = verbs.add_parser("data", help="dataset utilities").add_subparsers(dest="data_verb", required=True)
     prepare = data.add_parser("prepare", help="convert a dataset into the benchmark schema")

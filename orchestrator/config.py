@@ -55,7 +55,7 @@ class ModelConfig:
 class TeacherConfig:
     """Frozen teacher for soft labels: "auto" finds the one `orchestrator teacher` registered."""
 
-    source: str = "auto"  # "auto", a path to a saved teacher, or "timm:<pretrained name>"
+    source: str = "auto"  # "auto", a saved teacher file, a weights file (state dict) of `model`, or "timm:<pretrained name>"
     model: str = "convnet3"  # architecture `orchestrator teacher` trains
     temperature: float = 20.0
     epochs: int = 6  # how long `orchestrator teacher` trains it on the full training set

@@ -106,19 +106,41 @@ def resolve_teacher(config: Config) -> str:
     A file is read here, in the driver, before any training starts: a missing, unreadable or
     mismatched file (other recipe, other training set) is a ConfigError with the fix.
     """
+    from trainers.models import is_saved_teacher, read_weights_file, weights_spec
+
     source = config.teacher.source
     if source.startswith("timm:"):
+        check_hub_weights(source.removeprefix("timm:"))
         return source
     path = teacher_path(config) if source == "auto" else Path(source).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"soft labels need a teacher, and none is registered at {path} for this recipe and training set. "
-            f"Fix: {TEACHER_FIX}, or set teacher.source to a saved teacher file or timm:<pretrained name>")
+            f"Fix: {TEACHER_FIX}, or set teacher.source to a saved teacher file, a weights file or timm:<pretrained name>")
+    if source != "auto" and not is_saved_teacher(path):  # a plain state dict of teacher.model's architecture
+        read_weights_file(path)
+        return weights_spec(config.teacher.model, path.resolve())
     meta = read_teacher_meta(path)
     if source == "auto" and meta.get("teacher_key") != teacher_key(config):
         raise ConfigError(f"teacher file {path} was trained with other settings (key {meta.get('teacher_key')}, "
                           f"this config needs {teacher_key(config)}). Fix: {TEACHER_FIX}")
     return str(path)
+
+
+def check_hub_weights(name: str) -> None:
+    """A hub teacher's weights must be cached here or downloadable: offline and uncached is one line with the fix."""
+    import huggingface_hub
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not huggingface_hub.is_offline_mode():
+        return  # unknown names and download failures are reported when the teacher loads
+    cached = cfg.hf_hub_id and huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, "model.safetensors")
+    if not isinstance(cached, str):
+        raise ConfigError(f"soft labels need the pretrained teacher timm:{name}, whose weights are not cached here and "
+                          f"the hub is offline (HF_HUB_OFFLINE). Fix: set teacher.source to a local weights file for "
+                          f"teacher.model (e.g. torchvision's {Path(cfg.url or 'resnet18-f37072fd.pth').name}; "
+                          f"rethinkdc: --teacher-weights FILE) or to a teacher trained by `python -m orchestrator teacher`")
 
 
 def read_teacher_meta(path: Path) -> dict:
@@ -140,11 +162,17 @@ def artifact_params(config: Config, teacher: str | None, uses_dynamics: bool) ->
     """
     params, tags = {}, {}
     if teacher is not None:
-        params["teacher_key"] = teacher if teacher.startswith("timm:") else file_teacher_key(Path(teacher))
+        params["teacher_key"] = hub_teacher_key(teacher) if teacher.startswith("timm:") else file_teacher_key(Path(teacher))
         tags["teacher_path"] = teacher
     if uses_dynamics:
         params["dynamics_key"] = dynamics_key(config)
     return params, tags
+
+
+def hub_teacher_key(spec: str) -> str:
+    """`timm:<name>`, or `timm:<name>@sha256-…` for local weights: the key names the weights, not where they lie."""
+    name, _, path = spec.partition("@")
+    return f"{name}@sha256-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}" if path else name
 
 
 def file_teacher_key(path: Path) -> str:

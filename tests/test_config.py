@@ -16,7 +16,7 @@ def test_published_protocols_match_protocol_md():
         assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 0.001, 0.01)
         assert (cfg.schedule.epochs, cfg.train.batch_size) == (300, 128)
         assert cfg.augment.scale == (0.08, 1.0) and cfg.augment.hflip == 0.5
-        assert (cfg.eval.resize, cfg.eval.crop, cfg.data.image_size) == (256, 224, 224)
+        assert (cfg.eval.resize, cfg.eval.crop, cfg.data.image_size, cfg.eval.every) == (256, 224, 224, 50)
         assert cfg.model.name == "resnet18"
     assert hard.label_mode == "hard" and hard.mix.type == "none"
     assert soft.label_mode == "soft" and soft.teacher.temperature == 20

@@ -6,6 +6,8 @@ import pytest
 import timm
 import torch
 
+from tests_paths import CONFIGS
+
 from orchestrator.errors import ConfigError
 from trainers import models
 from trainers.models import TeacherUnavailableError, create_student, load_teacher, save_teacher, teacher_meta
@@ -140,3 +142,36 @@ def test_convnet_cpu_inference_layout_computes_the_same_logits(name: str) -> Non
         logits = model(images)
         assert model.features[0](images).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(logits, reference.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_plain_weights_file_is_a_teacher_of_teacher_model(tmp_path) -> None:
+    """teacher.source may be a state dict (e.g. torchvision's resnet18-f37072fd.pth) for teacher.model's architecture."""
+    from orchestrator.config import load_config
+    from orchestrator.teachers import artifact_params, resolve_teacher
+
+    student = create_student("convnet3", num_classes=4, in_chans=3, img_size=32)
+    weights = tmp_path / "weights.pth"
+    torch.save({f"module.{k}": v for k, v in student.state_dict().items()}, weights)  # as DataParallel saves
+    config = load_config(overrides={"label_mode": "soft", "teacher.source": str(weights), "teacher.model": "convnet3"})
+    spec = resolve_teacher(config)
+    teacher = load_teacher(spec, num_classes=4, in_chans=3, img_size=32, device="cpu")
+    assert spec == f"timm:convnet3@{weights}" and not teacher.training
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), student.state_dict().values()))
+    assert artifact_params(config, spec, False)[0]["teacher_key"].startswith("timm:convnet3@sha256-")
+    with pytest.raises(ConfigError, match="does not fit convnet3 with 10 classes") as caught:
+        load_teacher(spec, num_classes=10, in_chans=3, img_size=32, device="cpu")
+    assert "\n" not in str(caught.value)
+
+
+def test_an_offline_hub_teacher_without_cached_weights_is_one_line_naming_teacher_source(monkeypatch) -> None:
+    import huggingface_hub
+
+    from orchestrator.config import load_config
+    from orchestrator.teachers import resolve_teacher
+
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    config = load_config(CONFIGS / "soft.yaml")
+    with pytest.raises(ConfigError, match="teacher.source to a local weights file") as caught:
+        resolve_teacher(config)
+    assert "resnet18-f37072fd.pth" in str(caught.value) and "\n" not in str(caught.value)

@@ -411,9 +411,49 @@ def _load_hub_teacher(name: str, *, num_classes: int, in_chans: int) -> nn.Modul
         ) from exc
 
 
+def is_saved_teacher(path: Path) -> bool:
+    """True for a file written by save_teacher; False for anything else (a plain state dict, safetensors)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # safetensors or a foreign format: not ours
+        return False
+    return isinstance(payload, dict) and all(key in payload for key in TEACHER_FILE_KEYS)
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict (torchvision's resnet18-f37072fd.pth, a timm .safetensors), `module.` prefixes dropped."""
+    try:
+        state = timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"weights file {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"{path} is neither a teacher file nor a state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def weights_spec(model_name: str, path: Path) -> str:
+    """``timm:<architecture>@<weights file>``: a pretrained teacher whose weights are a local file."""
+    return f"{TIMM_PREFIX}{model_name}@{path}"
+
+
+def _load_weights_teacher(name: str, path: Path, *, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
+    model = create_student(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    try:
+        model.load_state_dict(read_weights_file(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"weights file {path} does not fit {name} with {num_classes} classes and {in_chans} "
+                          f"channels ({first}): set teacher.model to its architecture") from exc
+    return model
+
+
 def load_teacher(spec: str, *, num_classes: int, in_chans: int, img_size: int, device: torch.device | str) -> nn.Module:
-    """A frozen teacher (eval mode, requires_grad False) from a save_teacher file or ``timm:<name>``."""
-    if spec.startswith(TIMM_PREFIX):
+    """A frozen teacher (eval mode, requires_grad False) from a save_teacher file, ``timm:<name>``, or
+    ``timm:<name>@<file>`` (that architecture with a local weights file, see ``weights_spec``)."""
+    if spec.startswith(TIMM_PREFIX) and "@" in spec:
+        name, _, path = spec[len(TIMM_PREFIX):].partition("@")
+        model = _load_weights_teacher(name, Path(path), num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    elif spec.startswith(TIMM_PREFIX):
         model = _load_hub_teacher(spec[len(TIMM_PREFIX):], num_classes=num_classes, in_chans=in_chans)
     else:
         model = _load_file_teacher(Path(spec), num_classes=num_classes, in_chans=in_chans, img_size=img_size)

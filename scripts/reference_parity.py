@@ -1,0 +1,359 @@
+"""Parity with the reference implementation (rethinkdc 0.3.2) on CPU: schedule, first-batch loss, top-1.
+
+    python3 -m venv /tmp/refvenv --system-site-packages
+    /tmp/refvenv/bin/pip install --no-deps rethinkdc==0.3.2 wandb rich
+    python3 scripts/reference_parity.py --out /tmp/parity [--schedule-epochs 30] [--train-epochs 8] [--seeds 0 1 2]
+
+Both sides read the same Fashion-MNIST image folder in ImageNet layout, written here: 10 images per
+class for training, 100 per class (1,000) for validation, stored at `--size` px (224 by default,
+the protocol's size) as RGB PNGs. The reference runs in its own venv (`--ref-python`) through a
+shim that makes it run on CPU and changes nothing it computes: `.cuda()` is a no-op, the "need gpu"
+check passes, `nn.DataParallel` is a plain wrapper (no devices), `pin_memory` is dropped,
+`ImageFolderIPC.make_dataset` accepts torchvision's newer `allow_empty` argument, wandb is a stub
+that records what is logged, and seeds are set (the reference has none). Its loader workers come
+from the YAML (`workers: 4` in its standard files; `-j` is ignored), so the shim's copy of
+standard_hard_config.yaml sets `workers: 0`. This project's side runs `rethinkdc ... --hard`
+(orchestrator/rethinkdc_cli.py) with `--set eval.every=50`, the reference's evaluation cadence.
+
+Measured: (a) the learning rate of every epoch (the reference's real loop over empty loaders, so
+only its scheduler runs; ours from trainers/optim.py as the loop steps it); (b) the loss of the first
+batch from the same initial weights and the same batch, and the weights after one AdamW step (the
+reference's images, targets and initial ResNet-18 are captured inside its run; ours is timm's
+resnet18 built by create_student with 1,000 outputs, as the reference's always has); (c) top-1 after
+`--train-epochs` epochs, per seed. The table is printed and written to OUT/parity.md and OUT/parity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_PER_CLASS, VAL_PER_CLASS = 10, 100
+
+
+# ---------------------------------------------------------------- the data (this project's python)
+
+
+def write_folders(out: Path, size: int) -> tuple[Path, Path]:
+    """out/train/c<k>/<index>.png (first 10 per class) and out/val/c<k>/... (first 100 per class of test)."""
+    from orchestrator.data.prepare import FASHION_MNIST_RAW, encode_png, load_fashion_mnist_split
+
+    folders = {}
+    for split, name, per_class in (("train", "train", TRAIN_PER_CLASS), ("test", "val", VAL_PER_CLASS)):
+        root = out / f"{name}-{size}"
+        folders[name] = root
+        if (root / "done").exists():
+            continue
+        images, labels = load_fashion_mnist_split(FASHION_MNIST_RAW, split)
+        for label in range(10):
+            (root / f"c{label}").mkdir(parents=True, exist_ok=True)
+            for index in (labels == label).nonzero()[0][:per_class]:
+                (root / f"c{label}" / f"{index:05d}.png").write_bytes(encode_png(images[index], size, "RGB"))
+        (root / "done").write_text("")
+    return folders["train"], folders["val"]
+
+
+# ---------------------------------------------------------------- the reference (its venv's python)
+
+
+def shim_reference(record: dict, seed: int) -> None:
+    """Make rethinkdc 0.3.2 run on CPU without wandb; record what it logs. Nothing it computes changes."""
+    import random
+    import types
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    wandb = types.ModuleType("wandb")
+    wandb.login = lambda **kwargs: None
+    wandb.init = lambda **kwargs: None
+    wandb.Settings = lambda **kwargs: None
+    wandb.log = lambda metrics: record.setdefault("logs", []).append(
+        {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    sys.modules["wandb"] = wandb
+    cuda_available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: asked_by_reference() or cuda_available()  # its "need gpu to train!" check
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    nn.Module.cuda = lambda self, *args, **kwargs: self
+    nn.DataParallel = plain_wrapper_class()
+    loader_init = torch.utils.data.DataLoader.__init__
+
+    def no_pin_memory(self, *args, **kwargs):
+        kwargs["pin_memory"] = False
+        loader_init(self, *args, **kwargs)
+
+    torch.utils.data.DataLoader.__init__ = no_pin_memory
+    from rethinkdc.imagenet_ipc import ImageFolderIPC
+
+    make_dataset = ImageFolderIPC.make_dataset
+    ImageFolderIPC.make_dataset = staticmethod(lambda *args, allow_empty=False, **kwargs: make_dataset(*args, **kwargs))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def asked_by_reference() -> bool:
+    """True for the reference's own `torch.cuda.is_available()` call (train_KD.py l.392), not torch's."""
+    return sys._getframe(2).f_globals.get("__name__") == "rethinkdc.train_KD"
+
+
+def plain_wrapper_class():
+    from torch import nn
+
+    class Wrapper(nn.Module):
+        """nn.DataParallel on a machine without GPUs: the same `module.` names, the module's forward."""
+
+        def __init__(self, module, *args, **kwargs):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args, **kwargs):
+            return self.module(*args, **kwargs)
+
+    return Wrapper
+
+
+class StopAfterFirstStep(Exception):
+    """Raised by the capturing optimizer once the first step is recorded."""
+
+
+def capture_first_step(out: Path) -> None:
+    """Save the reference's initial student, first batch, first loss and weights after its first AdamW step."""
+    import torch
+    import torchvision
+
+    seen = {}
+    build = torchvision.models.resnet18
+
+    def resnet18(*args, **kwargs):
+        model = build(*args, **kwargs)
+        seen["initial"] = {k: v.clone() for k, v in model.state_dict().items()}
+        model.register_forward_pre_hook(lambda module, inputs: seen.setdefault("images", inputs[0].clone()))
+        seen["model"] = model
+        return model
+
+    torchvision.models.resnet18 = resnet18
+    torchvision.models.__dict__["resnet18"] = resnet18
+    cross_entropy = torch.nn.CrossEntropyLoss
+
+    class RecordingLoss(cross_entropy):
+        def forward(self, logits, target):
+            loss = super().forward(logits, target)
+            seen.setdefault("target", target.clone())
+            seen.setdefault("loss", loss.item())
+            return loss
+
+    torch.nn.CrossEntropyLoss = RecordingLoss
+    adamw = torch.optim.AdamW
+
+    class RecordingAdamW(adamw):
+        def step(self, closure=None):
+            result = super().step(closure)
+            after = {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}
+            torch.save({"initial": seen["initial"], "images": seen["images"], "target": seen["target"],
+                        "loss": seen["loss"], "after_step": after}, out / "first_step.pt")
+            raise StopAfterFirstStep
+
+    torch.optim.AdamW = RecordingAdamW
+
+
+def empty_loaders() -> None:
+    """Schedule only: the reference's real loop over loaders that yield no batch, so only its scheduler runs."""
+    import torch
+
+    class NoBatches(torch.utils.data.DataLoader):
+        def __iter__(self):
+            return iter(())
+
+        def __len__(self):
+            return 0
+
+    torch.utils.data.DataLoader = NoBatches
+
+
+def reference_yaml(out: Path) -> Path:
+    """The reference's standard_hard_config.yaml with `workers: 0` (its `-j` never overrides the YAML)."""
+    import importlib.resources
+
+    import yaml
+
+    values = yaml.safe_load(importlib.resources.files("rethinkdc").joinpath("dc_config/standard_hard_config.yaml").read_text())
+    values["workers"] = 0
+    path = out / "reference_hard.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def run_reference(args: argparse.Namespace) -> None:
+    """Child process, in the reference's venv: one reference run in the requested mode; JSON on disk."""
+    out = Path(args.out)
+    record: dict = {"mode": args.child, "seed": args.seed}
+    shim_reference(record, args.seed)
+    if args.child == "first-step":
+        capture_first_step(out)
+    if args.child == "schedule":
+        empty_loaders()
+    os.environ["IMAGENET_VAL_DIR"] = args.val
+    sys.argv = ["rethinkdc", args.train, "--yaml", str(reference_yaml(out)), "--epochs", str(args.epochs),
+                "--ipc", str(TRAIN_PER_CLASS), "--output-dir", str(out / f"ref-{args.child}-s{args.seed}")]
+    from rethinkdc.train_KD import main
+
+    try:
+        main()
+    except StopAfterFirstStep:
+        pass
+    (out / f"ref-{args.child}-s{args.seed}.json").write_text(json.dumps(record))
+
+
+# ---------------------------------------------------------------- this project's side and the comparison
+
+
+def reference(args: argparse.Namespace, mode: str, epochs: int, seed: int = 0) -> dict:
+    """Run the reference in its venv; return what it logged."""
+    command = [args.ref_python, str(Path(__file__).resolve()), "--child", mode, "--out", str(args.out),
+               "--train", str(args.train), "--val", str(args.val), "--epochs", str(epochs), "--seed", str(seed)]
+    subprocess.run(command, check=True, cwd="/tmp", stdout=subprocess.DEVNULL if mode == "schedule" else None)
+    return json.loads((Path(args.out) / f"ref-{mode}-s{seed}.json").read_text())
+
+
+def our_schedule(epochs: int) -> list[float]:
+    """The learning rate of each epoch as trainers/loop.py sees it (read at the epoch's start, stepped at its end)."""
+    from trainers.models import create_student
+    from trainers.optim import build_optimizer, build_scheduler
+
+    model = create_student("resnet18", num_classes=10, in_chans=3, img_size=224)
+    optimizer = build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.01)
+    scheduler = build_scheduler(optimizer, epochs=epochs)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def compare_schedules(args: argparse.Namespace) -> dict:
+    logs = reference(args, "schedule", args.schedule_epochs)["logs"]
+    theirs = [entry["train/lr"] for entry in logs if "train/lr" in entry]
+    ours = our_schedule(args.schedule_epochs)
+    return {"epochs": len(ours), "reference_epochs": len(theirs),
+            "max_abs_diff": max(abs(a - b) for a, b in zip(theirs, ours)), "reference": theirs, "ours": ours}
+
+
+def compare_first_step(args: argparse.Namespace) -> dict:
+    """Our student, loss and optimizer from the reference's initial weights on the reference's first batch."""
+    import torch
+
+    from trainers.losses import hard_loss
+    from trainers.models import create_student
+    from trainers.optim import build_optimizer
+
+    reference(args, "first-step", 1)
+    captured = torch.load(Path(args.out) / "first_step.pt", weights_only=True)
+    model = create_student("resnet18", num_classes=1000, in_chans=3, img_size=224)
+    model.load_state_dict({k.removeprefix("module."): v for k, v in captured["initial"].items()})
+    model.train()
+    optimizer = build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.01)
+    loss = hard_loss(model(captured["images"]), captured["target"])
+    loss.backward()
+    optimizer.step()
+    after = {k.removeprefix("module."): v for k, v in captured["after_step"].items()}
+    diffs = [(name, (value - after[name]).abs().max().item()) for name, value in model.state_dict().items()
+             if value.is_floating_point()]
+    worst = max(diffs, key=lambda pair: pair[1])
+    return {"batch": list(captured["images"].shape), "reference_loss": captured["loss"], "our_loss": loss.item(),
+            "weights_after_step_max_abs_diff": worst[1], "worst_tensor": worst[0],
+            "step_moved_parameters_max_abs": max((after[name] - captured["initial"][name]).abs().max().item()
+                                                 for name, _ in model.named_parameters())}
+
+
+def our_top1(args: argparse.Namespace, seed: int) -> float:
+    from mlflow import MlflowClient
+
+    from orchestrator.rethinkdc_cli import main
+
+    out_dir = Path(args.out) / "ours"
+    code = main([str(args.train), "--hard", "--val-dir", str(args.val), "--epochs", str(args.train_epochs),
+                 "--ipc", str(TRAIN_PER_CLASS), "--seed", str(seed), "--output-dir", str(out_dir),
+                 "--set", "eval.every=50", "--set", "train.threads=0"])
+    if code:
+        raise SystemExit(f"our cell failed (exit {code})")
+    client = MlflowClient(f"sqlite:///{out_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("imagenet-hard").experiment_id
+    run = client.search_runs([experiment], filter_string=f"params.seed = '{seed}' and "
+                             f"params.`schedule.epochs` = '{args.train_epochs}'")[0]
+    return run.data.metrics["val/top1_final"]
+
+
+def compare_top1(args: argparse.Namespace) -> dict:
+    rows = []
+    for seed in args.seeds:
+        logs = reference(args, "train", args.train_epochs, seed)["logs"]
+        theirs = [entry["val/top1"] for entry in logs if "val/top1" in entry][-1]
+        rows.append({"seed": seed, "reference": theirs, "ours": our_top1(args, seed)})
+    return {"epochs": args.train_epochs, "rows": rows}
+
+
+def table(results: dict, args: argparse.Namespace) -> str:
+    lines = ["| check | reference (rethinkdc 0.3.2) | this project | difference |", "|---|---|---|---|"]
+    if "schedule" in results:
+        s = results["schedule"]
+        lines.append(f"| lr at each of {s['epochs']} epochs | {s['reference'][0]:.6f} … {s['reference'][-1]:.6f} "
+                     f"| {s['ours'][0]:.6f} … {s['ours'][-1]:.6f} | max abs {s['max_abs_diff']:.1e} |")
+    if "first_step" in results:
+        f = results["first_step"]
+        lines.append(f"| first-batch loss, same weights and batch ({f['batch'][0]} images) | {f['reference_loss']:.6f} "
+                     f"| {f['our_loss']:.6f} | {abs(f['reference_loss'] - f['our_loss']):.1e} |")
+        lines.append(f"| parameters and BatchNorm statistics after one AdamW step (it moved parameters by up to "
+                     f"{f['step_moved_parameters_max_abs']:.1e}) | | | max abs {f['weights_after_step_max_abs_diff']:.1e} |")
+    for row in results.get("top1", {}).get("rows", []):
+        lines.append(f"| top-1 %, {results['top1']['epochs']} epochs, seed {row['seed']} | {row['reference']:.2f} "
+                     f"| {row['ours']:.2f} | {row['ours'] - row['reference']:+.2f} |")
+    return "\n".join(lines) + f"\n\nimages stored at {args.size} px\n"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="/tmp/parity", help="folder for the image folders, runs and the table")
+    parser.add_argument("--size", type=int, default=224, help="stored image size (the protocol: 224)")
+    parser.add_argument("--ref-python", default="/tmp/refvenv/bin/python", help="python of the reference's venv")
+    parser.add_argument("--schedule-epochs", type=int, default=30)
+    parser.add_argument("--train-epochs", type=int, default=8)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="top-1 seeds (none: skip top-1)")
+    parser.add_argument("--only", nargs="*", default=["schedule", "first_step", "top1"],
+                        help="checks to run; the others keep their results from OUT/parity.json")
+    parser.add_argument("--child", choices=["schedule", "first-step", "train"], help=argparse.SUPPRESS)
+    parser.add_argument("--train", help=argparse.SUPPRESS)
+    parser.add_argument("--val", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    if args.child:
+        run_reference(args)
+        return 0
+    sys.path.insert(0, str(REPO))
+    args.out = Path(args.out).resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.train, args.val = write_folders(args.out, args.size)
+    checks = {"schedule": compare_schedules, "first_step": compare_first_step, "top1": compare_top1}
+    kept = args.out / "parity.json"  # checks not in --only keep their last results
+    results = json.loads(kept.read_text()) if kept.is_file() else {}
+    results.update({name: checks[name](args) for name in args.only if name != "top1" or args.seeds})
+    (args.out / "parity.json").write_text(json.dumps(results, indent=2))
+    (args.out / "parity.md").write_text(table(results, args))
+    print(table(results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
