@@ -83,8 +83,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # UI reads a shared view from the experiment tag `mlflow.sharedViewState.<key>` (`?viewStateShareKey=<key>`).
 COMPARISON_VIEW = "comparison"
 COMPARISON_COLUMNS = ["attributes.`Dataset`", "metrics.`val/top1_final`", "params.`method`", "params.`ipc`",
-                      "params.`label_mode`", "params.`model`", "params.`seed`", "metrics.`storage/image_bytes`",
-                      "metrics.`time/train_s`"]
+                      "params.`label_mode`", "params.`model`", "params.`seed`"]  # the only metric: first
 EXPERIMENT_TAGS = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{COMPARISON_VIEW}": json.dumps(
     {"searchFilter": "tags.role = 'cell'", "orderByKey": "metrics.`val/top1_final`", "orderByAsc": False,
      "selectedColumns": COMPARISON_COLUMNS})}
