@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from orchestrator.methods import (PreparedSet, build_training_set, build_val_set
                                   tile_grid)
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
+from orchestrator.waiting import controller_failure_limit, say_what_it_waits_for
 from trainers.reporting import latest_checkpoint
 
 
@@ -123,13 +125,16 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                                      resources_per_worker=None if in_process else resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=0),
+                             # controller failures: its workers' resources not granted in time (waiting.py)
+                             failure_config=FailureConfig(max_failures=0,
+                                                          controller_failure_limit=controller_failure_limit()),
                              callbacks=tune_callbacks() if tune_report and not in_process else None),
         datasets=None if in_process else datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
     )
     started = time.perf_counter()
-    result = trainer.fit()
+    with nullcontext() if in_process else say_what_it_waits_for():  # workers may wait for CPUs others hold
+        result = trainer.fit()
     summary, checkpoint_dir = final_summary(result, storage / name, in_process)
     # A resumed cell's wall time also counts its earlier attempts (up to the checkpoint it resumed from).
     summary["wall_seconds"] = time.perf_counter() - started + summary.get("prior_wall_seconds", 0.0)

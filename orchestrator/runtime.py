@@ -15,7 +15,8 @@ autoscaler monitor and their metrics ports bind loopback. A program joining a Ra
 whose search uses the ASHA scheduler (Ray Train's placement group cleaner, which frees the CPUs of the
 trials ASHA stops, asks the dashboard's State API), or ORCHESTRATOR_DASHBOARD=1; it then binds 127.0.0.1
 (port 8265 or the next free one). The dashboard agent always runs (the raylet starts it), on 127.0.0.1,
-with no HTTP port when no dashboard runs.
+with no HTTP port when no dashboard runs. A program whose Ray Train workers wait for CPUs that other
+programs hold says so every 30 s (`waiting`).
 
 The console (unless `--verbose`, env ORCHESTRATOR_VERBOSE=1): of what Ray's workers write, only their
 stdout (the training loop's progress lines, a cell's summary) reaches the driver's console; their
@@ -295,6 +296,36 @@ def process_started(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def describe_ray() -> str:
+    """Which Ray this program uses, for messages: the local Ray of pid N (and what N runs), or the Ray at ADDRESS."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    try:
+        record = json.loads(local_ray_file().read_text())
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict) or record.get("address") != address:
+        return f"the Ray at {address}"
+    if record.get("pid") == os.getpid():
+        return "the local Ray this program started"
+    return f"the local Ray of pid {record.get('pid')} ({program_of(record.get('pid'))})"
+
+
+def program_of(pid: int) -> str:
+    """What process `pid` runs, short: `orchestrator sweep --config q.yaml` for `python -m orchestrator sweep ...`."""
+    import ray  # noqa: F401  (Ray ships psutil)
+    import psutil
+
+    try:
+        args = psutil.Process(pid).cmdline()
+    except (psutil.Error, TypeError, ValueError):
+        return "gone"
+    args = args[args.index("-m") + 1:] if "-m" in args else args[1:]
+    text = " ".join(" ".join(args).split())  # one line, whatever `python -c` was given
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def other_drivers() -> list[int]:
