@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from orchestrator.errors import RayBusyError
+from orchestrator.errors import ConfigError, RayBusyError
 
 WAIT_LIMIT_ENV = "ORCHESTRATOR_RAY_WAIT_S"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"  # one attempt of the controller
@@ -41,7 +41,11 @@ FIX = "run from another checkout (it starts its own Ray), or pass --address of a
 
 def wait_limit() -> float | None:
     value = os.environ.get(WAIT_LIMIT_ENV, "").strip()
-    return float(value) if value else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        raise ConfigError(f"{WAIT_LIMIT_ENV}={value!r} is not a number of seconds: set it to one, or unset it "
+                          "to wait as long as it takes") from None
 
 
 def controller_failure_limit() -> int:
