@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from orchestrator.methods import (PreparedSet, build_training_set, build_val_set
                                   soft_label_bytes, soft_label_ratio, tile_grid)
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
+from orchestrator.waiting import controller_failure_limit, say_what_it_waits_for
 from trainers.reporting import latest_checkpoint
 
 
@@ -133,14 +135,17 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
                                      resources_per_worker=None if in_process else resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=config.train.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=0),
+                             # controller failures: its workers' resources not granted in time (waiting.py)
+                             failure_config=FailureConfig(max_failures=0,
+                                                          controller_failure_limit=controller_failure_limit()),
                              callbacks=tune_callbacks() if tune_report and not in_process else None),
         datasets=None if in_process else datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"] if "train" in datasets else []),
     )
     started = time.perf_counter()
     try:
-        result = trainer.fit()
+        with nullcontext() if in_process else say_what_it_waits_for():  # workers may wait for CPUs others hold
+            result = trainer.fit()
     except Exception as exc:
         cause = raised_by_the_loop(exc)
         if cause is exc:

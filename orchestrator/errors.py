@@ -11,6 +11,7 @@ with `--verbose`) and exits with the error's `exit_code`, so scripts can tell th
 | 5 | TrainingDiverged: the loss became NaN or infinite |
 | 6 | CheckpointError: a checkpoint or artifact file is damaged or not ours |
 | 7 | DiskFullError: no space (or quota) left where the run writes |
+| 8 | RayBusyError: gave up waiting for CPUs that other programs hold on the Ray it joined |
 | 130 | interrupted (Ctrl-C) |
 """
 
@@ -59,6 +60,12 @@ class DiskFullError(OrchestratorError, OSError):
     """No space left on the device (or quota exceeded) where the run writes."""
 
     exit_code = 7
+
+
+class RayBusyError(OrchestratorError, RuntimeError):
+    """Gave up waiting for resources that other programs hold on the Ray this program joined."""
+
+    exit_code = 8
 
 
 def did_you_mean(name: str, known: Iterable[str], *, n: int = 1, cutoff: float = 0.6) -> str:

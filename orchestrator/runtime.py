@@ -1,8 +1,22 @@
 """Ray runtime: connect to a cluster (RAY_ADDRESS / --address) or use one local Ray; pick devices.
 
 Without an address, programs of one workspace (checkout) share one local Ray instead of starting
-one each; programs of another checkout start their own. The first program starts it and records its address (`local_ray_file`); later ones join it. The starter
-keeps it running at exit until the programs that joined it are done (its Ray stops with it).
+one each; programs of another checkout start their own. The first program starts it and records its
+address, pid and session folder (`local_ray_file`); later ones join it. The starter keeps it running at
+exit until the programs that joined it are done (its Ray stops with it). When the starter was killed
+(SIGKILL), Ray's agents outlive it; the next program of the workspace stops exactly that Ray's processes
+(`leftovers`), says so on one line, and starts its own.
+
+The local Ray listens on 127.0.0.1 only (`local_ray_options`): Ray's single-machine mode
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps Ray from replacing 127.0.0.1 by the machine's address)
+with the node address 127.0.0.1, so the GCS, raylet, workers, dashboard agent, runtime-env agent,
+autoscaler monitor and their metrics ports bind loopback. A program joining a Ray at a loopback address
+(`--address 127.0.0.1:PORT` too) uses the same mode. No dashboard runs unless something needs it: a sweep
+whose search uses the ASHA scheduler (Ray Train's placement group cleaner, which frees the CPUs of the
+trials ASHA stops, asks the dashboard's State API), or ORCHESTRATOR_DASHBOARD=1; it then binds 127.0.0.1
+(port 8265 or the next free one). The dashboard agent always runs (the raylet starts it), on 127.0.0.1,
+with no HTTP port when no dashboard runs. A program whose Ray Train workers wait for CPUs that other
+programs hold says so every 30 s (`waiting`).
 
 The console (unless `--verbose`, env ORCHESTRATOR_VERBOSE=1): of what Ray's workers write, only their
 stdout (the training loop's progress lines, a cell's summary) reaches the driver's console; their
@@ -32,6 +46,12 @@ LOCAL_OBJECT_STORE_BYTES = 600 * 1024**2
 # Reach every trial and worker, on every node: one tracking server, the same hub settings.
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
 VERBOSE_ENV = "ORCHESTRATOR_VERBOSE"
+DASHBOARD_ENV = "ORCHESTRATOR_DASHBOARD"  # 1: the local Ray this program starts runs the dashboard
+LOOPBACK = "127.0.0.1"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Ray's single-machine mode (its default on macOS/Windows), read when ray is imported: 0 keeps the node
+# address 127.0.0.1 instead of replacing it with the machine's address.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # The driver loggers whose console handlers Ray sets up: Ray's (start-up, Tune), Ray Data's and
 # Ray Train's (Train's exists on the driver in local mode).
 QUIET_RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
@@ -50,10 +70,13 @@ def console_verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "0") == "1"
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose: bool | None = None) -> None:
-    """Idempotent. With no address (argument or RAY_ADDRESS) a local Ray is started by the program.
+def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose: bool | None = None,
+             dashboard: bool = False) -> None:
+    """Idempotent. With no address (argument or RAY_ADDRESS) the workspace's local Ray is joined or started.
 
     verbose (default: `--verbose`, i.e. ORCHESTRATOR_VERBOSE): False keeps Ray's logs off the console.
+    dashboard: the local Ray this program starts runs the dashboard (on 127.0.0.1); ORCHESTRATOR_DASHBOARD=1
+    asks for it too.
     """
     import ray
     from ray.data import DataContext
@@ -67,9 +90,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose
         env = {"env_vars": {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
         env["env_vars"]["PYTHONUNBUFFERED"] = "1"
         if address:
+            if on_loopback(address):
+                loopback_only()
             ray.init(address=address, runtime_env=env, log_to_driver=True)
         else:
-            join_or_start_local_ray(num_cpus, env)
+            join_or_start_local_ray(num_cpus, env, dashboard or os.environ.get(DASHBOARD_ENV) == "1")
         if quiet:
             print(f"Ray's logs: {keep_driver_logs_in_session()} (--verbose prints them here)", flush=True)
     if quiet:
@@ -178,42 +203,129 @@ def workspace() -> Path:
 
 
 def local_ray_file() -> Path:
-    """This workspace's record of the local Ray that an orchestrator program started: address and owner
-    pid. Keyed by user and workspace, so a sweep in one checkout is never joined by another checkout's
-    programs (its test suite, a second worktree's sweep)."""
+    """This workspace's record of the local Ray that an orchestrator program started: address, the starter's
+    pid and start time, the Ray's session folder, its dashboard URL (or null). Keyed by user and workspace,
+    so a sweep in one checkout is never joined by another checkout's programs (its test suite, a second
+    worktree's sweep)."""
     digest = hashlib.sha256(str(workspace()).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"orchestrator-ray-{os.getuid()}-{digest}.json"
 
 
-def join_or_start_local_ray(num_cpus: int | None, env: dict) -> None:
-    import ray
+def join_or_start_local_ray(num_cpus: int | None, env: dict, dashboard: bool) -> None:
+    from orchestrator.leftovers import stop_left_behind
 
     record = local_ray_file()
     with file_lock(record.with_suffix(".lock"), "the local Ray record", quiet=True):
         running = live_local_ray(record)
         if running is not None:
-            print(f"joining the local Ray started by pid {running['pid']} ({running['address']})", flush=True)
-            if running.get("auth_mode") == "token":  # Ray turns it on for the local clusters it starts
-                from ray._private.authentication.authentication_token_setup import _enable_token_auth
-
-                _enable_token_auth()  # RAY_AUTH_MODE=token, seen by Ray's already-loaded config too
-            ray.init(address=running["address"], runtime_env=env, log_to_driver=True)
+            join_local_ray(running, env, dashboard)
             return
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=env,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=True)
-        record.write_text(json.dumps({"address": ray.get_runtime_context().gcs_address, "pid": os.getpid(),
-                                      "auth_mode": os.environ.get("RAY_AUTH_MODE")}))
+        stop_left_behind(record)  # the Ray of a starter that was killed, if its processes still run
+        start_local_ray(record, num_cpus, env, dashboard)
     atexit.register(stop_local_ray, record)  # runs before Ray's own exit hook (registered earlier)
 
 
+def local_ray_options(dashboard: bool) -> dict:
+    """`ray.init` options of a local Ray that listens on 127.0.0.1 only (sets this program's mode)."""
+    loopback_only()
+    return {"_node_ip_address": LOOPBACK, "include_dashboard": dashboard, "dashboard_host": LOOPBACK}
+
+
+def loopback_only() -> None:
+    """Ray's single-machine mode in this program and the processes it starts: 127.0.0.1 stays the node address."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ[SINGLE_MACHINE_ENV] = "0"  # for the Ray processes started from here (they import ray anew)
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this program imported ray already
+
+
+def on_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in LOOPBACK_HOSTS
+
+
+def start_local_ray(record: Path, num_cpus: int | None, env: dict, dashboard: bool) -> None:
+    import ray
+
+    context = ray.init(address="local", num_cpus=num_cpus, runtime_env=env, log_to_driver=True,
+                       object_store_memory=LOCAL_OBJECT_STORE_BYTES, **local_ray_options(dashboard))
+    node = ray._private.worker._global_node
+    record.write_text(json.dumps({
+        "address": ray.get_runtime_context().gcs_address, "pid": os.getpid(), "started": process_started(os.getpid()),
+        "session_dir": node.get_session_dir_path(), "dashboard": context.dashboard_url or None,
+        "auth_mode": os.environ.get("RAY_AUTH_MODE")}))
+
+
+def join_local_ray(running: dict, env: dict, dashboard: bool) -> None:
+    import ray
+
+    print(f"joining the local Ray started by pid {running['pid']} ({running['address']})", flush=True)
+    if dashboard and not running.get("dashboard"):
+        print(f"note: the local Ray of pid {running['pid']} runs no dashboard: placement groups of trials that ASHA "
+              "stops are freed only when it ends (start this sweep alone, or its first program with "
+              f"{DASHBOARD_ENV}=1)", flush=True)
+    if running.get("auth_mode") == "token":  # Ray turns it on for the local clusters it starts
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()  # RAY_AUTH_MODE=token, seen by Ray's already-loaded config too
+    if on_loopback(running["address"]):
+        loopback_only()
+    ray.init(address=running["address"], runtime_env=env, log_to_driver=True)
+
+
 def live_local_ray(record: Path) -> dict | None:
-    """The recorded local Ray when its starter still runs, else None."""
+    """The recorded local Ray when its starter still runs (the same process, not a reused pid), else None."""
     try:
         running = json.loads(record.read_text())
         os.kill(running["pid"], 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return running if running["pid"] != os.getpid() else None
+    if running["pid"] == os.getpid():
+        return None
+    started, now_started = running.get("started"), process_started(running["pid"])
+    same = started is None or (now_started is not None and abs(now_started - started) < 1)
+    return running if same else None
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None when it is gone."""
+    import ray  # noqa: F401  (Ray ships psutil: ray/thirdparty_files)
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def describe_ray() -> str:
+    """Which Ray this program uses, for messages: the local Ray of pid N (and what N runs), or the Ray at ADDRESS."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    try:
+        record = json.loads(local_ray_file().read_text())
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict) or record.get("address") != address:
+        return f"the Ray at {address}"
+    if record.get("pid") == os.getpid():
+        return "the local Ray this program started"
+    return f"the local Ray of pid {record.get('pid')} ({program_of(record.get('pid'))})"
+
+
+def program_of(pid: int) -> str:
+    """What process `pid` runs, short: `orchestrator sweep --config q.yaml` for `python -m orchestrator sweep ...`."""
+    import ray  # noqa: F401  (Ray ships psutil)
+    import psutil
+
+    try:
+        args = psutil.Process(pid).cmdline()
+    except (psutil.Error, TypeError, ValueError):
+        return "gone"
+    args = args[args.index("-m") + 1:] if "-m" in args else args[1:]
+    text = " ".join(" ".join(args).split())  # one line, whatever `python -c` was given
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def other_drivers() -> list[int]:

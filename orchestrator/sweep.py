@@ -29,7 +29,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
         return []
     first = sweep.cells[0]
     uri = tracking.tracking_uri(first)  # checks the output folder before Ray starts
-    init_ray(address)
+    init_ray(address, dashboard=needs_dashboard(sweep))
     experiment_id = tracking.ensure_experiment(uri, sweep.experiment, first.out)
     parent_id = sweep_parent_run(uri, experiment_id, sweep)
     status = "FAILED"  # whatever ends the driver, the parent run is not left RUNNING
@@ -46,6 +46,12 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
     print(f"sweep {sweep.name}: {done}/{len(sweep.cells)} cells finished; "
           f"report: python -m orchestrator report --experiment {sweep.experiment} --output-dir {first.output_dir}")
     return results
+
+
+def needs_dashboard(sweep: Sweep) -> bool:
+    """ASHA stops trials by killing them; Ray Train's placement group cleaner frees what their cells held
+    only through the dashboard's State API, so a local Ray started for such a sweep runs the dashboard."""
+    return sweep.search is not None and bool(sweep.search.scheduler)
 
 
 def sweep_progress(sweep: Sweep) -> SweepProgress:

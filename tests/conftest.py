@@ -18,18 +18,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray, started once (address="local" ignores a stale /tmp/ray cluster file).
+    """A real local Ray, started once (address="local" ignores a stale /tmp/ray cluster file), listening
+    on 127.0.0.1 only, as a program's local Ray does; with the dashboard (on 127.0.0.1): the ASHA tests need it.
 
     4 logical CPUs on a 2-core machine: headroom for the placement groups that ASHA-stopped trials
     can leave behind until Ray's cleaner removes them (it cannot when several Ray instances run).
     """
     import ray
 
-    from orchestrator.runtime import init_ray
+    from orchestrator.runtime import init_ray, local_ray_options
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, object_store_memory=400 * 1024**2, log_to_driver=True,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}})
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}},
+                 **local_ray_options(dashboard=True))
     init_ray()
     yield ray
     ray.shutdown()

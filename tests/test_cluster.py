@@ -268,7 +268,10 @@ def test_sweep_cells_run_on_both_nodes_of_a_two_node_cluster(tmp_path, data_root
     token.write_text(os.urandom(32).hex())
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0",
                RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN"):
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: the tests' own local Ray is loopback-only; this cluster's nodes use
+    # the machine's address, as on separate machines
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_AUTH_TOKEN",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(key, None)
     result_file = tmp_path / "result.json"
     helper = subprocess.Popen([sys.executable, str(tmp_path / "helper.py"), str(out),
