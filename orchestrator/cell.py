@@ -108,7 +108,6 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
 def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_id: str,
         teacher: str | None, dynamics_dir: Path | None, tune_report: bool = False) -> tuple[dict, Path]:
     """Build the TorchTrainer (same name + storage path => resume) and run it."""
-    import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

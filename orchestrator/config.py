@@ -55,7 +55,8 @@ class ModelConfig:
 class TeacherConfig:
     """Frozen teacher for soft labels: "auto" finds the one `orchestrator teacher` registered."""
 
-    source: str = "auto"  # "auto", a saved teacher file, a weights file (state dict) of `model`, or "timm:<pretrained name>"
+    # "auto", a saved teacher file, a weights file (state dict) of `model`, or "timm:<pretrained name>"
+    source: str = "auto"
     model: str = "convnet3"  # architecture `orchestrator teacher` trains
     temperature: float = 20.0
     epochs: int = 6  # how long `orchestrator teacher` trains it on the full training set
@@ -117,8 +118,10 @@ class TrainConfig:
     shuffle_buffer: int = 20000
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward and loss; weights and optimizer stay fp32) | auto
     channels_last: bool | str = False  # NHWC memory format for the student's convolutions; auto: if calibrated faster
-    compile: bool | str = False  # torch.compile the student (eager, with a warning, if it cannot); auto: if calibrated faster
-    chunk: int = 0  # on CPU, forward/backward N views at a time where that keeps the gradient (no BatchNorm); 0 = whole batch
+    # torch.compile the student (eager, with a warning, if it cannot); auto: if calibrated faster
+    compile: bool | str = False
+    # on CPU, forward/backward N views at a time where that keeps the gradient (no BatchNorm); 0 = whole batch
+    chunk: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ class DistillConfig:
     rded_candidates: int = 5  # RDED --num-crop: random crops scored per real image (best one kept)
     rded_pool: int = 300  # RDED --mipc: real images drawn per class as candidates
     stats_pool: int = 1000  # real images per class whose statistics G-VBSM (conv) and LPLD (class BN) match
-    gvbsm_teachers: list[str] = field(default_factory=lambda: ["convnet3_bn_w32", "convnet4_bn_w32"])  # backbones, in turn
+    # backbones, in turn
+    gvbsm_teachers: list[str] = field(default_factory=lambda: ["convnet3_bn_w32", "convnet4_bn_w32"])
     gvbsm_lr: float = 0.05  # G-VBSM CIFAR-10 recover.sh --lr 0.05
     gvbsm_momentum: float = 0.8  # alpha of the moving statistics (G-VBSM CIFAR --training-momentum default)
     gvbsm_drop_rate: float = 0.4  # beta_dr: chance a conv term is dropped per step (G-VBSM CIFAR default)
@@ -232,7 +236,8 @@ CHOICES = {
     "train.channels_last": {False, True, "auto"},
     "train.compile": {False, True, "auto"},
 }
-POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum", "train.checkpoint_every",
+POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum",
+            "train.checkpoint_every",
             "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
             "eval.every", "train.keep_checkpoints", "prune.el2n_epochs", "prune.strata", "prune.pca_grid",
             "prune.score_runs", "distill.iterations", "distill.batch", "distill.rded_grid",

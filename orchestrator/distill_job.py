@@ -376,7 +376,8 @@ def lpld_label_ratio(config: Config) -> float:
     return config.distill.label_keep_ratio
 
 
-DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=_teachers(name), generation_cost=generation_cost,
+DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=_teachers(name),
+                                         generation_cost=generation_cost,
                                          soft_label_ratio=lpld_label_ratio if name == "lpld" else None)
                    for name in DISTILL_NAMES}
 

@@ -67,7 +67,8 @@ def method_fn(config: Config) -> MethodFn:
     if from_template(config):
         return METHODS["first"]
     if name not in METHODS:
-        raise ConfigError(f"unknown method '{name}': {did_you_mean(name, METHODS)}registered methods are {sorted(METHODS)}; "
+        raise ConfigError(f"unknown method '{name}': {did_you_mean(name, METHODS)}"
+                          f"registered methods are {sorted(METHODS)}; "
                           f"for a downloaded set set data.source_template or data.train and method=first")
     return METHODS[name]
 

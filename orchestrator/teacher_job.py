@@ -46,7 +46,8 @@ def train_score_run(config: Config, run: int, *, force: bool = False, parent_run
         return train_score_run(config, run, force=True, parent_run_id=parent_run_id)
     data = prepare_data(run_config)
     if not result.skipped:
-        write_manifest(out, epochs=config.teacher.epochs, num_samples=data.train.num_rows, key=artifact_key(config, run))
+        write_manifest(out, epochs=config.teacher.epochs, num_samples=data.train.num_rows,
+                       key=artifact_key(config, run))
     if run == 0:
         register_teacher(config, result, data)
 

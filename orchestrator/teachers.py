@@ -26,7 +26,8 @@ RECIPE_KEYS = ("model.name", "model.input_size", "schedule.epochs", "schedule.wa
                "augment.scale", "augment.ratio", "augment.hflip", "mix.type", "label_mode", "optim.name",
                "optim.lr", "optim.weight_decay", "optim.momentum", "seed", "data.image_size", "data.mode",
                "data.mean", "data.std")
-TEACHER_FIX = "train it with `python -m orchestrator teacher --force --config <your protocol>` (same data and output_dir)"
+TEACHER_FIX = ("train it with `python -m orchestrator teacher --force --config <your protocol>` "
+               "(same data and output_dir)")
 
 
 def teacher_training_config(config: Config, run: int = 0) -> Config:
@@ -116,7 +117,8 @@ def resolve_teacher(config: Config) -> str:
     if not path.is_file():
         raise ConfigError(
             f"soft labels need a teacher, and none is registered at {path} for this recipe and training set. "
-            f"Fix: {TEACHER_FIX}, or set teacher.source to a saved teacher file, a weights file or timm:<pretrained name>")
+            f"Fix: {TEACHER_FIX}, or set teacher.source to a saved teacher file, a weights file "
+            f"or timm:<pretrained name>")
     if source != "auto" and not is_saved_teacher(path):  # a plain state dict of teacher.model's architecture
         read_weights_file(path)
         return weights_spec(config.teacher.model, path.resolve())
@@ -140,7 +142,8 @@ def check_hub_weights(name: str) -> None:
         raise ConfigError(f"soft labels need the pretrained teacher timm:{name}, whose weights are not cached here and "
                           f"the hub is offline (HF_HUB_OFFLINE). Fix: set teacher.source to a local weights file for "
                           f"teacher.model (e.g. torchvision's {Path(cfg.url or 'resnet18-f37072fd.pth').name}; "
-                          f"rethinkdc: --teacher-weights FILE) or to a teacher trained by `python -m orchestrator teacher`")
+                          f"rethinkdc: --teacher-weights FILE) or to a teacher trained by "
+                          f"`python -m orchestrator teacher`")
 
 
 def read_teacher_meta(path: Path) -> dict:
@@ -162,7 +165,8 @@ def artifact_params(config: Config, teacher: str | None, uses_dynamics: bool) ->
     """
     params, tags = {}, {}
     if teacher is not None:
-        params["teacher_key"] = hub_teacher_key(teacher) if teacher.startswith("timm:") else file_teacher_key(Path(teacher))
+        params["teacher_key"] = (hub_teacher_key(teacher) if teacher.startswith("timm:")
+                                 else file_teacher_key(Path(teacher)))
         tags["teacher_path"] = teacher
     if uses_dynamics:
         params["dynamics_key"] = dynamics_key(config)

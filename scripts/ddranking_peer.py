@@ -33,7 +33,8 @@ DSA_PARAMS = {"flip": 0.5, "rotate": 15.0, "saturation": 2.0, "brightness": 1.0,
 
 
 def tensors(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, 32, 32) normalised float images (28 px padded with black) and int64 labels of a benchmark-schema parquet file."""
+    """(N, 3, 32, 32) normalised float images (28 px padded with black) and int64 labels of a
+    benchmark-schema parquet file."""
     table = pq.read_table(path, columns=["image", "class_id"])
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("L"))
                        for cell in table.column("image").to_pylist()])

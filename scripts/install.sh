@@ -18,7 +18,9 @@ if [ "${WITH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 PYTHON=${PYTHON:-python3}
+# ruff (a dev extra) is a command-line tool, so it is checked by running it rather than importing it.
 if ! $PYTHON -c "import orchestrator, ray, mlflow, rich, tabulate, timm, torchvision, hypothesis, pytest_timeout" 2>/dev/null \
+   || ! $PYTHON -m ruff --version >/dev/null 2>&1 \
    || [ pyproject.toml -nt .install-stamp ]; then
   $PYTHON -m pip install -q --disable-pip-version-check -e '.[dev]'
   touch .install-stamp

@@ -154,7 +154,7 @@ def capture_first_step(out: Path) -> None:
 
     class RecordingAdamW(adamw):
         def step(self, closure=None):
-            result = super().step(closure)
+            super().step(closure)
             after = {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}
             torch.save({"initial": seen["initial"], "images": seen["images"], "target": seen["target"],
                         "loss": seen["loss"], "after_step": after}, out / "first_step.pt")
@@ -183,7 +183,8 @@ def reference_yaml(out: Path) -> Path:
 
     import yaml
 
-    values = yaml.safe_load(importlib.resources.files("rethinkdc").joinpath("dc_config/standard_hard_config.yaml").read_text())
+    reference_config = importlib.resources.files("rethinkdc").joinpath("dc_config/standard_hard_config.yaml")
+    values = yaml.safe_load(reference_config.read_text())
     values["workers"] = 0
     path = out / "reference_hard.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -311,7 +312,8 @@ def table(results: dict, args: argparse.Namespace) -> str:
         lines.append(f"| first-batch loss, same weights and batch ({f['batch'][0]} images) | {f['reference_loss']:.6f} "
                      f"| {f['our_loss']:.6f} | {abs(f['reference_loss'] - f['our_loss']):.1e} |")
         lines.append(f"| parameters and BatchNorm statistics after one AdamW step (it moved parameters by up to "
-                     f"{f['step_moved_parameters_max_abs']:.1e}) | | | max abs {f['weights_after_step_max_abs_diff']:.1e} |")
+                     f"{f['step_moved_parameters_max_abs']:.1e}) | | | "
+                     f"max abs {f['weights_after_step_max_abs_diff']:.1e} |")
     for row in results.get("top1", {}).get("rows", []):
         lines.append(f"| top-1 %, {results['top1']['epochs']} epochs, seed {row['seed']} | {row['reference']:.2f} "
                      f"| {row['ours']:.2f} | {row['ours'] - row['reference']:+.2f} |")

@@ -23,7 +23,8 @@ def write_idx_gz(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def write_fake_fashion_mnist(raw_dir: Path, n_train: int = 6, n_test: int = 3, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_fake_fashion_mnist(raw_dir: Path, n_train: int = 6, n_test: int = 3,
+                            seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A tiny Fashion-MNIST raw folder; returns {split: (images, labels)}."""
     raw_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

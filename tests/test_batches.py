@@ -17,7 +17,8 @@ AUGMENT = Augment(seed=3, size=8, scale=(0.5, 1.0), ratio=(0.75, 4 / 3), hflip=0
 def class_ordered_set(classes: int = 10, ipc: int = 50, size: int = 8) -> dict:
     """A compressed set stored class by class (as selection writes it), keys in storage order."""
     labels = np.repeat(np.arange(classes), ipc)
-    images = (np.arange(len(labels))[:, None, None, None] % 251).astype(np.uint8) * np.ones((1, size, size, 1), np.uint8)
+    images = ((np.arange(len(labels))[:, None, None, None] % 251).astype(np.uint8)
+              * np.ones((1, size, size, 1), np.uint8))
     return {"image": images, "label": labels, "key": np.arange(len(labels)) * 7 + 1}
 
 
@@ -108,7 +109,8 @@ def test_loss_weights_make_the_ddp_mean_the_global_mean():
 def test_pca_tile_views_per_image_or_per_tile():
     keys = np.array([5, 9, 11])
     position, tile, view_keys = view_index(keys, tiles=4, mode="tile", seed=0, epoch=0)
-    assert len(position) == 12 and sorted(view_keys.tolist()) == sorted((keys[:, None] * 4 + np.arange(4)).ravel().tolist())
+    assert len(position) == 12
+    assert sorted(view_keys.tolist()) == sorted((keys[:, None] * 4 + np.arange(4)).ravel().tolist())
     position, tile, view_keys = view_index(keys, tiles=4, mode="image", seed=0, epoch=0)
     assert position.tolist() == [0, 1, 2] and set(tile.tolist()) <= {0, 1, 2, 3}
     drawn = {tuple(view_index(keys, tiles=4, mode="image", seed=0, epoch=e)[1].tolist()) for e in range(8)}

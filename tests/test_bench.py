@@ -97,7 +97,8 @@ def test_eval_figures_per_precision(ctx):
     assert figures["images"].value == 200 and figures["bf16_images"].value == 200  # one batch
     diff = figures["bf16_top1_minus_fp32"].value
     assert diff == pytest.approx(figures["bf16_top1"].value - figures["fp32_top1"].value)
-    candidates = [figures["fp32_images_per_s"].value] + ([figures["bf16_images_per_s"].value] if abs(diff) <= 0.1 else [])
+    candidates = ([figures["fp32_images_per_s"].value]
+                  + ([figures["bf16_images_per_s"].value] if abs(diff) <= 0.1 else []))
     assert figures["images_per_s"].value == max(candidates)
 
 
@@ -112,7 +113,8 @@ def test_dynamics_memory_small(ctx):
 def write_sweep(tmp_path) -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(f"name: small\nprotocol: {REPO / 'configs' / 'fmnist-hard.yaml'}\n"
-                    "set: {schedule.epochs: 50, eval.every: 25}\naxes: {method: [random], ipc: [1, 10], seed: [0, 1]}\n")
+                    "set: {schedule.epochs: 50, eval.every: 25}\n"
+                    "axes: {method: [random], ipc: [1, 10], seed: [0, 1]}\n")
     return path
 
 

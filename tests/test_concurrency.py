@@ -43,7 +43,8 @@ def test_a_held_cell_makes_another_process_wait_and_name_the_holder(tmp_path):
         time.sleep(6)
         assert waiter.poll() is None  # still waiting while the lock is held here
     stdout, stderr = waiter.communicate(timeout=60)
-    lines = stdout.strip().splitlines()  # the waiting notice goes to stdout: from a sweep trial, only that reaches the console
+    # the waiting notice goes to stdout: from a sweep trial, only that reaches the console
+    lines = stdout.strip().splitlines()
     assert waiter.returncode == 0 and lines[-1] == "got it", stderr
     assert f"cell cell-a is held by pid {os.getpid()} on host" in lines[0]
 

@@ -106,7 +106,8 @@ def test_cda_step_mode_holds_whole_images_until_the_milestone():
 
 def tiles_of(images: np.ndarray, grid: int) -> torch.Tensor:
     pixels = torch.from_numpy(images).float() / 255
-    return torch.cat([pixels[:, :, t:t + h, l:l + w] for t, l, h, w in tile_boxes(grid, images.shape[-1])])
+    return torch.cat([pixels[:, :, top:top + h, left:left + w]
+                      for top, left, h, w in tile_boxes(grid, images.shape[-1])])
 
 
 def test_rded_keeps_patches_the_teacher_finds_easier_than_random_crops(teacher, real_images):

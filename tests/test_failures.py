@@ -106,7 +106,8 @@ def test_a_diverged_cell_in_a_sweep_is_one_line_naming_it(tmp_path, data_root):
     failed = [line for line in done.stderr.splitlines() if line.startswith("failed cell:")]
     assert len(failed) == 1, printed[-3000:]
     # the error's own message, not an exception class name or the last line of a traceback
-    assert re.match(r"failed cell: (\S+): cell \1 diverged: training loss is (nan|inf) at epoch \d\. Fix: lower optim.lr",
+    assert re.match(r"failed cell: (\S+): cell \1 diverged: "
+                    r"training loss is (nan|inf) at epoch \d\. Fix: lower optim.lr",
                     failed[0]), failed[0]
 
 

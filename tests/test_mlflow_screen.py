@@ -60,7 +60,8 @@ def test_the_store_opens_on_model_training_runs_with_their_sets(finished_sweep):
     for run in cells:
         (dataset_input,) = run.inputs.dataset_inputs
         dataset = dataset_input.dataset
-        assert dataset.name == f"{run.data.params['method']}-ipc2" and dataset.digest == run.data.tags["fingerprint"][:36]
+        assert dataset.name == f"{run.data.params['method']}-ipc2"
+        assert dataset.digest == run.data.tags["fingerprint"][:36]
         assert json.loads(dataset.profile) == {"num_images": 20, "image_bytes": run.data.metrics["storage/image_bytes"]}
     (sweep_run,) = runs_of(client, experiment, "sweep")
     (teacher,) = runs_of(client, experiment, "teacher")

@@ -120,7 +120,8 @@ def test_resnet_students_are_initialised_like_torchvision_resnet18(name):
     for block_name, block in student.named_modules():
         if hasattr(block, "bn2") and hasattr(block, "conv2"):
             assert torch.equal(block.bn2.weight, torch.ones_like(block.bn2.weight)), block_name
-    for (key, ours), theirs in zip(sorted(student.state_dict().items()), [v for _, v in sorted(reference.state_dict().items())]):
+    theirs_in_order = [v for _, v in sorted(reference.state_dict().items())]
+    for (key, ours), theirs in zip(sorted(student.state_dict().items()), theirs_in_order):
         if key.endswith("conv2.weight") and key.startswith("layer"):
             assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.2), key  # same kaiming fan_out
 
@@ -145,7 +146,8 @@ def test_convnet_cpu_inference_layout_computes_the_same_logits(name: str) -> Non
 
 
 def test_a_plain_weights_file_is_a_teacher_of_teacher_model(tmp_path) -> None:
-    """teacher.source may be a state dict (e.g. torchvision's resnet18-f37072fd.pth) for teacher.model's architecture."""
+    """teacher.source may be a state dict (e.g. torchvision's resnet18-f37072fd.pth) for teacher.model's
+    architecture."""
     from orchestrator.config import load_config
     from orchestrator.teachers import artifact_params, resolve_teacher
 

@@ -179,7 +179,8 @@ def test_score_cache_is_reused_and_invalidated_when_dynamics_change(world):
     table = pq.read_table(path)
     frame = table.to_pandas()
     frame["el2n"] = 123.0
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(table.schema.metadata), path)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(table.schema.metadata),
+                   path)
     assert (load_scores(config, N)["el2n"] == 123.0).all()
     # dynamics recorded again (other margins, sealed again): recomputed and rewritten
     write_dynamics(config, margin=-MARGIN)

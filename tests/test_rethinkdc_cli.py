@@ -72,14 +72,17 @@ def test_values_resolve_as_in_the_reference_defaults_then_yaml_then_given_option
     hard = config_from_reference(parse(str(train), "--hard", "--val-dir", str(val)))
     assert (hard.label_mode, hard.train.batch_size, hard.schedule.epochs, hard.data.ipc) == ("hard", 128, 300, 50)
     assert (hard.data.method, hard.mix.type, hard.optim.lr, hard.output_dir) == ("first", "none", 0.001, "./save/1024")
-    soft = config_from_reference(parse(str(train), "--soft", "--val-dir", str(val), "-T", "4", "--teacher-weights", "w.pth"))
-    assert (soft.label_mode, soft.mix.type, soft.teacher.temperature, soft.teacher.source) == ("soft", "cutmix", 4.0, "w.pth")
+    soft = config_from_reference(parse(str(train), "--soft", "--val-dir", str(val), "-T", "4",
+                                       "--teacher-weights", "w.pth"))
+    assert ((soft.label_mode, soft.mix.type, soft.teacher.temperature, soft.teacher.source)
+            == ("soft", "cutmix", 4.0, "w.pth"))
     own = tmp_path / "own.yaml"
     own.write_text("batch_size: 64\ncos: true\nhard_label: true\nsgd_setting: true\n")
     custom = config_from_reference(parse(str(train), "--yaml", str(own), "--val-dir", str(val), "--batch-size", "32",
                                          "--gradient-accumulation-steps", "2"))
     assert (custom.train.batch_size, custom.train.grad_accum) == (64, 2)  # the reference's batch x accumulation
-    assert (custom.optim.name, custom.optim.lr, custom.teacher.temperature) == ("sgd", 0.1, REFERENCE_DEFAULTS["temperature"])
+    assert ((custom.optim.name, custom.optim.lr, custom.teacher.temperature)
+            == ("sgd", 0.1, REFERENCE_DEFAULTS["temperature"]))
 
 
 def test_a_cell_runs_from_the_reference_options_and_mlflow_records_them(capsys, tmp_path, folders, monkeypatch):

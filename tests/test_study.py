@@ -19,7 +19,9 @@ from orchestrator.sweep_config import describe, load_sweep
 from pca.pipeline import pca_selection
 from pca.select import select
 from tests_paths import CONFIGS, HARD, REPO
-from test_pca_methods import CLASSES, LABELS, extreme_margin, per_class, world  # noqa: F401 (fixture)
+from test_pca_methods import CLASSES, LABELS, extreme_margin, per_class
+# `world` is a pytest fixture the tests below take as a parameter; "as world" marks it as used on purpose
+from test_pca_methods import world as world
 
 STUDY_SWEEPS = sorted((CONFIGS / "sweeps").glob("study-*.yaml"))
 

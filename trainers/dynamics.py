@@ -350,7 +350,8 @@ def verify_manifest(dyn_dir: Path, *, epochs: int, key: str) -> dict:
     wrong = {name: (manifest.get(name), value) for name, value in wanted.items() if manifest.get(name) != value}
     if wrong:
         details = ", ".join(f"{name} is {have}, the config needs {need}" for name, (have, need) in wrong.items())
-        raise DataError(f"training dynamics at {dyn_dir} were recorded with other settings ({details}): {RERECORD_HINT}")
+        raise DataError(f"training dynamics at {dyn_dir} were recorded with other settings ({details}): "
+                        f"{RERECORD_HINT}")
     listed = manifest["files"]
     on_disk = {path.relative_to(dyn_dir).as_posix() for path in _epoch_files(dyn_dir)}
     for name in sorted(set(listed) | on_disk):

@@ -19,7 +19,8 @@ from typing import Any
 
 import timm
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, model_entrypoint, register_model
+from timm.models import (build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, model_entrypoint,
+                         register_model)
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
@@ -301,7 +302,8 @@ def save_teacher(
     try:
         meta = json.loads(json.dumps(dict(meta)))
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"save_teacher: meta must hold plain JSON values (strings, numbers, lists, dicts): {exc}") from exc
+        raise ConfigError(f"save_teacher: meta must hold plain JSON values (strings, numbers, lists, dicts): "
+                          f"{exc}") from exc
     model = unwrap_model(model)
     if model_name is None or model_kwargs is None:
         spec = _model_spec(model)

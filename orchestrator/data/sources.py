@@ -203,7 +203,8 @@ def _split_parquet_files(folder: Path, split: str) -> list[Path]:
 
 
 def _available_parquet_splits(folder: Path) -> list[str]:
-    stems = [f.name[: -len(".parquet")] for f in list(folder.glob("*.parquet")) + list((folder / "data").glob("*.parquet"))]
+    files = list(folder.glob("*.parquet")) + list((folder / "data").glob("*.parquet"))
+    stems = [f.name[: -len(".parquet")] for f in files]
     nested = [d.name for d in folder.iterdir() if d.is_dir() and d.name != "data" and any(d.glob("*.parquet"))]
     return sorted({s.split("-")[0] for s in stems} | set(nested))
 
@@ -366,7 +367,8 @@ def _split_subfolder(root: Path, split: str) -> Path:
 # ---------------------------------------------------------------- registered names and the hub
 
 
-def _load_registered(name: str, split: str, data_root: Path, image_size: int, mode: str) -> tuple[datasets.Dataset, list[str]]:
+def _load_registered(name: str, split: str, data_root: Path, image_size: int,
+                     mode: str) -> tuple[datasets.Dataset, list[str]]:
     entry = REGISTERED[name]
     if split not in entry.splits:
         raise DataError(
@@ -422,7 +424,8 @@ def _load_local(path: Path, split: str, classes: list[str] | None) -> tuple[data
     return _load_image_folder(_split_subfolder(path, split), classes)
 
 
-def _load_any(spec: str, split: str, data_root: Path, image_size: int, mode: str, classes: list[str] | None) -> tuple[datasets.Dataset, list[str] | None]:
+def _load_any(spec: str, split: str, data_root: Path, image_size: int, mode: str,
+              classes: list[str] | None) -> tuple[datasets.Dataset, list[str] | None]:
     if spec in REGISTERED:
         return _load_registered(spec, split, data_root, image_size, mode)
     path = Path(spec).expanduser()

@@ -77,7 +77,8 @@ def results_table(sub: pd.DataFrame, metric: str) -> str:
             mean = means.get((method, int(ipc)))
             value = "" if mean is None or pd.isna(mean) else f"{mean:.4f}"
             cells.append(f'<td data-value="{value}">{cell_text(text)}</td>')
-        rows.append(f'<tr data-method="{html.escape(str(method))}"><td>{html.escape(str(method))}</td>{"".join(cells)}</tr>')
+        rows.append(f'<tr data-method="{html.escape(str(method))}">'
+                    f'<td>{html.escape(str(method))}</td>{"".join(cells)}</tr>')
     return (f'<table class="sortable"><thead><tr><th>method</th>{header}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 

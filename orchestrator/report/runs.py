@@ -171,7 +171,8 @@ def cells_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def _precision(runs: pd.DataFrame) -> pd.Series:
     train = _column(runs, "tags.resolved.precision").fillna(_column(runs, "params.train.precision"))
     evaluation = _column(runs, "tags.resolved.eval_precision").fillna(_column(runs, "params.eval.precision"))
-    return ("train " + train.fillna("fp32").astype(str) + " eval " + evaluation.fillna("fp32").astype(str)).astype(object)
+    return ("train " + train.fillna("fp32").astype(str)
+            + " eval " + evaluation.fillna("fp32").astype(str)).astype(object)
 
 
 def load_cell_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
