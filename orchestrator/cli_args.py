@@ -15,6 +15,9 @@ import traceback
 
 from orchestrator.errors import OrchestratorError, disk_full_cause, disk_full_error
 
+# The students registered in trainers/models.py (tests/test_models.py checks the list): named here so that
+# `--help` lists them without importing torch and timm.
+SMALL_STUDENTS = ("convnet3", "convnet3_w32", "convnet3_bn", "convnet3_bn_w32", "convnet4_bn_w32", "resnet18_small")
 SHORTHANDS = {"method": "data.method", "ipc": "data.ipc", "seed": "seed", "label_mode": "label_mode",
               "model": "model.name", "epochs": "schedule.epochs", "workers": "train.workers",
               "output_dir": "output_dir", "lr": "optim.lr", "batch_size": "train.batch_size"}
@@ -29,7 +32,8 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ipc", help="data.ipc (images per class; 'null' for all)")
     parser.add_argument("--seed", type=int, help="seed")
     parser.add_argument("--label-mode", choices=["hard", "soft"], help="label_mode")
-    parser.add_argument("--model", help="model.name (student)")
+    parser.add_argument("--model", help=f"model.name (student): {', '.join(SMALL_STUDENTS)} (trainers/models.py, "
+                                        f"28-32 px), or any timm model such as resnet18 (ImageNet protocols)")
     parser.add_argument("--epochs", type=int, help="schedule.epochs")
     parser.add_argument("--workers", type=int, help="train.workers (Ray Train workers; 0 = local mode)")
     parser.add_argument("--lr", type=float, help="optim.lr")

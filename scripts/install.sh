@@ -22,6 +22,6 @@ PYTHON=${PYTHON:-python3}
 if ! $PYTHON -c "import orchestrator, ray, mlflow, rich, tabulate, timm, torchvision, hypothesis, pytest_timeout" 2>/dev/null \
    || ! $PYTHON -m ruff --version >/dev/null 2>&1 \
    || [ pyproject.toml -nt .install-stamp ]; then
-  $PYTHON -m pip install -q --disable-pip-version-check -e '.[dev]'
+  $PYTHON -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
   touch .install-stamp
 fi

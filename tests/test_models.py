@@ -177,3 +177,10 @@ def test_an_offline_hub_teacher_without_cached_weights_is_one_line_naming_teache
     with pytest.raises(ConfigError, match="teacher.source to a local weights file") as caught:
         resolve_teacher(config)
     assert "resnet18-f37072fd.pth" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_help_lists_every_registered_small_student():
+    from orchestrator.cli_args import SMALL_STUDENTS
+    from trainers.models import default_cfgs
+
+    assert set(SMALL_STUDENTS) == {name.split(".")[0] for name in default_cfgs}
