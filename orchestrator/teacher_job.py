@@ -15,7 +15,7 @@ from pathlib import Path
 from orchestrator import tracking
 from orchestrator.cell import CellResult, prepare_data, run_cell
 from orchestrator.config import Config
-from orchestrator.errors import ConfigError, DataError
+from orchestrator.errors import CheckpointError, ConfigError, DataError
 from orchestrator.methods import method_fn, needs_dynamics
 from orchestrator.teachers import artifact_key, artifact_recipe, dynamics_dir, resolve_teacher, teacher_path, \
     teacher_training_config
@@ -91,7 +91,7 @@ def dynamics_ready(config: Config, run: int) -> bool:
 def teacher_ready(config: Config) -> bool:
     try:
         resolve_teacher(config)
-    except ConfigError:
+    except (ConfigError, CheckpointError):  # missing, of other settings, damaged or not ours: train it again
         return False
     return True
 
