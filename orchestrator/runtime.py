@@ -14,8 +14,9 @@ autoscaler monitor and their metrics ports bind loopback. A program joining a Ra
 (`--address 127.0.0.1:PORT` too) uses the same mode. No dashboard runs unless something needs it: a sweep
 whose search uses the ASHA scheduler (Ray Train's placement group cleaner, which frees the CPUs of the
 trials ASHA stops, asks the dashboard's State API), or ORCHESTRATOR_DASHBOARD=1; it then binds 127.0.0.1
-(port 8265 or the next free one). The dashboard agent always runs (the raylet starts it), on 127.0.0.1,
-with no HTTP port when no dashboard runs. A program whose Ray Train workers wait for CPUs that other
+(port 8265 or the next free one). Without it Ray still runs its head process with only the usage-stats
+module (a metrics port, no UI) and the dashboard agent (the raylet starts it; its HTTP port needs Ray's
+token), both on 127.0.0.1. A program whose Ray Train workers wait for CPUs that other
 programs hold says so every 30 s (`waiting`).
 
 The console (unless `--verbose`, env ORCHESTRATOR_VERBOSE=1): of what Ray's workers write, only their

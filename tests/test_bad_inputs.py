@@ -81,8 +81,32 @@ def test_hub_key_without_network(capsys, base_args):
     assert code == 3 and "he-yang/2025-rethinkdc-imagenet-random-ipc-10" in text and "save_to_disk" in text
 
 
-def test_run_trains_the_missing_teacher_first_as_a_sweep_does(capsys, base_args, tmp_path):
+@pytest.fixture
+def small_train_root(tmp_path, data_root) -> Path:
+    """Fashion-MNIST with its first 100 training images per class (real images, the same validation
+    split): a teacher epoch in seconds, whatever else the machine runs."""
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    name = "fashion-mnist-28-L"
+    source, target = data_root / name, tmp_path / "small" / name
+    target.mkdir(parents=True)
+    train = pq.read_table(source / "train.parquet")
+    keep = sorted(i for label in range(10)
+                  for i in pc.indices_nonzero(pc.equal(train["class_id"], label)).to_pylist()[:100])
+    pq.write_table(train.take(keep), target / "train.parquet")
+    (target / "test.parquet").symlink_to((source / "test.parquet").resolve())
+    info = json.loads((source / "dataset_info.json").read_text())
+    info["num_rows"]["train"] = len(keep)
+    (target / "dataset_info.json").write_text(json.dumps(info))
+    return target.parent
+
+
+def test_run_trains_the_missing_teacher_first_as_a_sweep_does(capsys, base_args, tmp_path, small_train_root):
     code, text = run_cli(capsys, "run", *base_args, "--label-mode", "soft", "--ipc", "1",
+                         "--set", f"data.root={small_train_root}",
                          "--set", "teacher.epochs=1", "--set", "teacher.model=convnet3_w32")
     assert code == 0, text
     assert "training the teacher (score run 0) on the full training set first" in text and "top-1 final" in text

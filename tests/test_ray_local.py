@@ -123,13 +123,17 @@ def test_only_a_sweep_with_asha_asks_for_the_dashboard():
 
 def test_local_ray_listens_on_127_0_0_1_only_and_runs_no_dashboard(workspace_ray):
     """Every listening socket of the holder's Ray (its process tree: GCS, raylet, agents, monitors, workers)
-    is on 127.0.0.1; no dashboard, so no dashboard or agent HTTP port."""
+    is on 127.0.0.1; no dashboard UI (Ray's head process keeps only its usage-stats module and a metrics
+    port, on 127.0.0.1 too)."""
     sockets = listening([psutil.Process(workspace_ray.holder.pid), *workspace_ray.tree])
     names = {name for name, _, _ in sockets}
     assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, sockets
     assert {address for _, address, _ in sockets} == {"127.0.0.1"}, sockets
     assert workspace_ray.record["dashboard"] is None
-    assert not [s for s in sockets if s[0] == "dashboard.py" or s[2] in (8265, 52365)], sockets
+    assert 8265 not in {port for _, _, port in sockets}, sockets  # the dashboard UI's port
+    heads = [p for p in [psutil.Process(workspace_ray.holder.pid), *workspace_ray.tree]
+             if p.is_running() and process_name(p) == "dashboard.py"]
+    assert all("--modules-to-load=UsageStatsHead" in p.cmdline() for p in heads)  # no UI modules
     assert workspace_ray.record["address"].startswith("127.0.0.1:")
 
 

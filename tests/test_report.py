@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -341,12 +342,18 @@ def _artifact_names(client, run_id):
     return {f.path for f in client.list_artifacts(run_id, "report")}
 
 
+def logged_names(paths) -> set[str]:
+    """What log_report puts under report/: every file, and each CSV again as an MLflow table (JSON)."""
+    return {f"report/{n}" for n in paths} | {f"report/{Path(n).stem}.json" for n in paths if n.endswith(".csv")}
+
+
 def test_log_report_to_parent_run(store, df, tmp_path):
     paths = report.write_report(df, tmp_path / "out")
     rid = report.log_report(store["uri"], EXP, paths, parent_run_id=store["sweep"])
     assert rid == store["sweep"]
     names = _artifact_names(store["client"], rid)
-    assert {f"report/{n}" for n in paths} == names
+    assert logged_names(paths) == names
+    assert "report/table_fmnist-hard_hard_convnet3.json" in names  # each CSV table also as an MLflow table
 
 
 def test_run_report_logs_to_new_report_run(store, tmp_path):
@@ -354,7 +361,7 @@ def test_run_report_logs_to_new_report_run(store, tmp_path):
     client = store["client"]
     runs = client.search_runs([store["exp_id"]], filter_string="tags.role = 'report'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert _artifact_names(client, runs[0].info.run_id) == {f"report/{n}" for n in paths}
+    assert _artifact_names(client, runs[0].info.run_id) == logged_names(paths)
     # the report run is not a cell: loading again gives the same cells
     assert len(report.load_cell_runs(store["uri"], EXP)) == sum(map(len, ACC.values())) + 3
     with pytest.raises(OrchestratorError, match="not found"):
