@@ -82,7 +82,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     out_dir = Path(args.out or output_dir / "reports" / args.experiment)
     paths = run_report(uri, args.experiment, out_dir, log=not args.no_log,
                        parent_run_id=sweep_run_id(uri, args.experiment), html=args.html)
-    print(render_terminal_from(paths))
+    if args.summary:  # the top-1 tables only: the files hold the rest
+        from orchestrator.report.output import page_block
+        from orchestrator.report.runs import load_cell_runs
+
+        print(page_block(load_cell_runs(uri, args.experiment), metric="top1_final",
+                         origin=f"experiment {args.experiment}"))
+    else:
+        print(render_terminal_from(paths))
     print(f"report written to {out_dir}" + (f" (page: {paths['report.html']})" if args.html else ""))
     if args.into:
         fill_results_page(uri, args.experiment, Path(args.into))
@@ -97,7 +104,7 @@ def fill_results_page(uri: str, experiment: str, page: Path) -> None:
     from orchestrator.report.runs import load_cell_runs
 
     block = page_block(load_cell_runs(uri, experiment), metric="top1_final",
-                       when=datetime.now().strftime("%Y-%m-%d %H:%M"))
+                       origin=f"`report --into` at {datetime.now().strftime('%Y-%m-%d %H:%M')}")
     fill_page_block(page, experiment, block)
     print(f"tables of {experiment} written into {page}")
 
@@ -303,6 +310,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument("--tracking-uri")
     report.add_argument("--out", help="report folder (default outputs/reports/<experiment>)")
     report.add_argument("--no-log", action="store_true", help="do not log the report back to MLflow")
+    report.add_argument("--summary", action="store_true", help="print only the top-1 tables (the report's "
+                        "files are written whole)")
     report.add_argument("--html", action="store_true", help="also write report.html: one self-contained page "
                         "(sortable tables, accuracy vs IPC and vs storage, the sets' images, commit and date)")
     report.add_argument("--into", metavar="PAGE", help="also write the top-1 tables into the block "

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
 python3 -m orchestrator sweep --config configs/sweeps/quickstart.yaml --output-dir outputs "$@"
-python3 -m orchestrator report --experiment quickstart --output-dir outputs
+python3 -m orchestrator report --experiment quickstart --output-dir outputs --summary

@@ -462,3 +462,13 @@ def test_html_page_in_a_real_browser_lists_every_method_and_loads_every_image(st
         assert f'data-method="{method}"' in dom, method
     assert "Accuracy vs storage" in dom and "Accuracy vs IPC" in dom and "commit" in dom
     assert "61.0 ± 1.0" in dom
+
+
+def test_report_summary_prints_only_the_top1_tables(store, tmp_path, capsys):
+    from tests_paths import run_cli
+
+    code, text = run_cli(capsys, "report", "--experiment", EXP, "--tracking-uri", store["uri"], "--no-log",
+                         "--out", str(tmp_path / "rep"), "--summary")
+    assert code == 0 and "**fmnist-hard · hard labels · convnet3**" in text and "61.0 ± 1.0" in text
+    assert "Storage and training time" not in text and "Label robustness" not in text
+    assert "Storage and training time" in (tmp_path / "rep" / "report.md").read_text()  # the files stay whole

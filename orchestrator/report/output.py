@@ -75,11 +75,12 @@ def _group_section(key: tuple[str, str, str], sub: pd.DataFrame, metric: str) ->
     return parts + ["### Storage and training time", "", markdown_table(_storage_display(sub)), ""]
 
 
-def page_block(df: pd.DataFrame, *, metric: str, when: str) -> str:
-    """The compact section `report --into` writes into a results page: one top-1 table per
-    (protocol, label mode, student), headed by how many finished cells it rests on."""
+def page_block(df: pd.DataFrame, *, metric: str, origin: str) -> str:
+    """The compact tables (`report --into` writes them into a results page, `report --summary` prints
+    them): one top-1 table per (protocol, label mode, student), headed by how many finished cells they
+    rest on and `origin` (what made them)."""
     label = METRIC_LABELS.get(metric, metric)
-    parts = [f"_From {len(df)} finished cell run(s) in MLflow, `report --into` at {when}: {label} "
+    parts = [f"_From {len(df)} finished cell run(s) in MLflow, {origin}: {label} "
              f"({METRIC_UNITS.get(metric, '?')}), mean {PM} std over seeds._", ""]
     for (protocol, label_mode, model), sub in iter_groups(df):
         table = paper_table(sub, metric=metric)
