@@ -54,6 +54,17 @@ def _draw_group(ax, sub: pd.DataFrame, metric: str, colours: dict[str, str]) -> 
         ax.minorticks_off()
 
 
+def _group_panels(df: pd.DataFrame, count: int):
+    """(figure, flat axes, method -> colour): one panel per group, three to a row, the same colour per
+    method in every panel."""
+    ncols = min(3, max(1, count))
+    nrows = math.ceil(max(1, count) / ncols)
+    fig = _figure(5.0 * ncols, 3.8 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    colours = {m: f"C{i % 10}" for i, m in enumerate(x for x in method_order(df["method"]) if x != FULL)}
+    return fig, axes, colours
+
+
 def plot_top1_vs_ipc(df: pd.DataFrame, path: Path, *, metric: str = "top1_final") -> Path:
     """PNG of accuracy vs IPC: one panel per (protocol, label_mode, model), one line per method.
 
@@ -62,11 +73,7 @@ def plot_top1_vs_ipc(df: pd.DataFrame, path: Path, *, metric: str = "top1_final"
     """
     check_metric(df, metric)
     groups = list(iter_groups(df))
-    ncols = min(3, max(1, len(groups)))
-    nrows = math.ceil(max(1, len(groups)) / ncols)
-    fig = _figure(5.0 * ncols, 3.8 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    colours = {m: f"C{i % 10}" for i, m in enumerate(x for x in method_order(df["method"]) if x != FULL)}
+    fig, axes, colours = _group_panels(df, len(groups))
     if not groups:
         axes[0].text(0.5, 0.5, "no finished cell runs", ha="center", va="center")
         axes[0].set_axis_off()
@@ -89,10 +96,7 @@ def plot_top1_vs_storage(df: pd.DataFrame, path: Path, *, metric: str = "top1_fi
 
     check_metric(df, metric)
     groups = list(iter_groups(df))
-    ncols = min(3, max(1, len(groups)))
-    fig = _figure(5.0 * ncols, 3.8 * math.ceil(max(1, len(groups)) / ncols))
-    axes = fig.subplots(math.ceil(max(1, len(groups)) / ncols), ncols, squeeze=False).ravel()
-    colours = {m: f"C{i % 10}" for i, m in enumerate(x for x in method_order(df["method"]) if x != FULL)}
+    fig, axes, colours = _group_panels(df, len(groups))
     for ax, ((protocol, label_mode, model), sub) in zip(axes, groups):
         accuracy = paper_table_numeric(sub, metric=metric)[["method", "ipc", "mean"]]
         points = storage_table(sub, human=False)[["method", "ipc", "total_bytes"]].merge(accuracy, on=["method", "ipc"])
