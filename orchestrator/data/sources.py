@@ -23,6 +23,7 @@ from datasets.table import InMemoryTable
 from PIL import Image
 
 from orchestrator.config import Config, DataConfig
+from orchestrator.data.images import cell_source
 from orchestrator.data.prepare import DATASET_INFO_FILE, REGISTERED, resolve_registered
 from orchestrator.data.select import BENCHMARK_FEATURES, arrow_column, class_id_array
 from orchestrator.errors import DataError
@@ -484,10 +485,10 @@ def load_source(
 
 
 def _decode_problem(cell: dict | None) -> str | None:
-    if cell is None or (cell.get("bytes") is None and not cell.get("path")):
+    source = cell_source(cell)
+    if source is None:
         return "no image data"
     try:
-        source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell["path"]
         with Image.open(source) as image:
             image.load()
     except Exception as exc:  # PIL raises many types for bad images
