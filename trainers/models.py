@@ -12,7 +12,6 @@ Importing this module is enough for ``timm.create_model('convnet3', ...)`` to wo
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from orchestrator.errors import CheckpointError, ConfigError, OrchestratorError, did_you_mean
+from orchestrator.files import atomic_path
 
 TIMM_PREFIX = "timm:"
 TEACHER_FILE_KEYS = ("model_name", "model_kwargs", "state_dict", "meta")
@@ -317,10 +317,8 @@ def save_teacher(
         "meta": dict(meta),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
