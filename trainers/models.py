@@ -165,7 +165,7 @@ class SmallStemResNet(ResNet):
         self.conv1 = nn.Conv2d(self.in_chans, stem_out, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.maxpool = nn.Identity()
-        for info in self.feature_info:  # stem no longer halves, and no pool quarters the stages
+        for info in self.feature_info:  # timm's reductions count a halving stem and pool; here neither halves
             info["reduction"] = max(1, info["reduction"] // (2 if info["module"] == "act1" else 4))
 
 
