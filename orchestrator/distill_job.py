@@ -20,7 +20,6 @@ beside it, then renamed) under a file lock, so a cached set is reused and never 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -32,9 +31,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
+from PIL import Image
 
 from orchestrator.config import Config, replace
-from orchestrator.data.select import BENCHMARK_FEATURES, class_id_array, fingerprint, per_class_indices, write_parquet
+from orchestrator.data.images import png_bytes
+from orchestrator.data.select import INDEXED_FEATURES, class_id_array, fingerprint, per_class_indices, write_parquet
 from orchestrator.data.sources import dataset_from_table, load_source
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.locks import file_lock
@@ -45,7 +46,6 @@ DISTILL_NAMES = ("sre2l", "cda", "gvbsm", "lpld", "rded", "dwa")
 DISTILL_VERSION = 1
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
-DISTILLED_FEATURES = datasets.Features({**BENCHMARK_FEATURES, "index": datasets.Value("int64")})
 
 
 # ---------------------------------------------------------------- teacher
@@ -189,21 +189,12 @@ def to_dataset(images: np.ndarray, labels: np.ndarray, method: str, mode: str) -
     rows = {"image": [], "class_id": [], "sample_id": [], "index": []}
     for position, (pixels, label) in enumerate(zip(images, labels.tolist())):
         array = pixels[0] if mode == "L" else np.transpose(pixels, (1, 2, 0))
-        rows["image"].append({"bytes": png_bytes(array, mode), "path": None})
+        rows["image"].append({"bytes": png_bytes(Image.fromarray(array, mode=mode)), "path": None})
         rows["class_id"].append(label)
         rows["sample_id"].append(f"{method}/{label}/{counts.get(label, 0)}")
         rows["index"].append(position)
         counts[label] = counts.get(label, 0) + 1
-    return datasets.Dataset.from_dict(rows, features=DISTILLED_FEATURES)
-
-
-def png_bytes(pixels: np.ndarray, mode: str) -> bytes:
-    """Lossless PNG of one uint8 HW (grey) or HWC (RGB) image."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode=mode).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return datasets.Dataset.from_dict(rows, features=INDEXED_FEATURES)
 
 
 # ---------------------------------------------------------------- generators

@@ -3,7 +3,7 @@
 Ray Train V2 starts a cell's workers from a controller actor, which asks for a placement group (one bundle
 per worker), waits for it RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S (60 s by default), then asks again, as
 often as FailureConfig(controller_failure_limit) allows (by default without end). On a Ray whose CPUs other
-programs' cells hold, `run --workers 1` used to wait there silently. Now, while a cell's TorchTrainer runs,
+programs' cells hold, `run --workers 1` would wait there silently; so, while a cell's TorchTrainer runs,
 a thread of the program that drives Ray looks every few seconds at its own job's placement groups in the
 GCS's table (`ray.util.placement_group_table`; a placement group's ID ends with the ID of the job that made
 it; no dashboard needed) and, while one waits, prints one line at most every 30 s:

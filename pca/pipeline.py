@@ -18,22 +18,20 @@ Images are decoded one class at a time, so memory holds one class's pruned image
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-
 import datasets
 import numpy as np
 from PIL import Image
 
 from orchestrator.config import Config
-from orchestrator.data.select import BENCHMARK_FEATURES, arrow_column, class_id_array
+from orchestrator.data.images import decode_cell, png_bytes
+from orchestrator.data.select import INDEXED_FEATURES, arrow_column, class_id_array
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.method_spec import require_ipc, with_index
 from pca.combine import combine_per_class, tile_images
 from pca.methods import Selection, select_rows
 from pca.select import easy_first
 
-PCA_FEATURES = datasets.Features({**BENCHMARK_FEATURES, "index": datasets.Value("int64")})
+NO_PRUNED_IMAGE = "a pruned image has no data: reload the training set (its bytes must be embedded)"
 
 
 def check_pca_config(config: Config) -> None:
@@ -68,7 +66,7 @@ def pca_selection(config: Config, dataset: datasets.Dataset) -> Selection:
             current, k = class_id, 0
             decoded = _decode_rows(dataset, by_class[class_id], config.data.mode)
         tiled = tile_images([decoded[m] for m in members], grid=grid, size=config.data.image_size)
-        images.append({"bytes": _png(tiled), "path": None})
+        images.append({"bytes": png_bytes(tiled), "path": None})
         class_ids.append(class_id)
         sample_ids.append(f"pca/{class_id}/{k}")
         tiles.append([int(keys[m]) for m in members])
@@ -76,7 +74,7 @@ def pca_selection(config: Config, dataset: datasets.Dataset) -> Selection:
     subset = datasets.Dataset.from_dict(
         {"image": images, "class_id": class_ids, "sample_id": sample_ids,
          "index": list(range(len(images)))},
-        features=PCA_FEATURES)
+        features=INDEXED_FEATURES)
     return Selection(subset, keys[positions], frame, tiles)
 
 
@@ -97,18 +95,4 @@ def _check_class_sizes(dataset: datasets.Dataset, per_class: int, ipc: int, grid
 def _decode_rows(dataset: datasets.Dataset, positions: list[int], mode: str) -> dict[int, Image.Image]:
     """Decoded images (converted to `mode`) of the given row positions."""
     cells = arrow_column(dataset.select(positions), "image").to_pylist()
-    return {position: decode_image(cell, mode) for position, cell in zip(positions, cells)}
-
-
-def decode_image(cell: dict | None, mode: str) -> Image.Image:
-    if cell is None or (cell.get("bytes") is None and not cell.get("path")):
-        raise DataError("a pruned image has no data: reload the training set (its bytes must be embedded)")
-    source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else Path(cell["path"])
-    with Image.open(source) as image:
-        return image.convert(mode)
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return {position: decode_cell(cell, mode, no_data=NO_PRUNED_IMAGE) for position, cell in zip(positions, cells)}

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests_paths import HARD, REPO
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Where `report` remembers the output folder of each experiment: kept out of the user's home.
 os.environ.setdefault("ORCHESTRATOR_HOME", os.path.join(tempfile.mkdtemp(prefix="orchestrator-home-")))
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +92,10 @@ def tiny_config(tmp_path, data_root):
         return load_config(REPO / "configs" / f"{protocol}.yaml", base)
 
     return make
+
+
+@pytest.fixture
+def base_args(tmp_path, data_root):
+    """`run` arguments of a 1-epoch hard-label cell writing under tmp_path: each test adds what it checks."""
+    return ["--config", HARD, "--output-dir", str(tmp_path / "out"), "--set", f"data.root={data_root}",
+            "--epochs", "1"]

@@ -57,6 +57,15 @@ def make_image_folder(root: Path, counts: dict[str, int], fmt: str = "PNG") -> P
     return root
 
 
+def grey_image_folder(root: Path, counts: dict[str, int], size: int = 28) -> Path:
+    """root/<class>/<i>.png: `counts[class]` grey `size` x `size` PNGs per class, Fashion-MNIST-like."""
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            Image.new("L", (size, size), color=index * 20).save(root / name / f"{index}.png")
+    return root
+
+
 def benchmark_dataset(class_ids: list[int], prefix: str = "train") -> datasets.Dataset:
     """An in-memory dataset in the benchmark schema; image bytes are tiny real PNGs."""
     return datasets.Dataset.from_dict(

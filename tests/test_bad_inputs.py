@@ -8,22 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-
+from data_fixtures import grey_image_folder
 from tests_paths import HARD, run_cli
-
-
-def image_folder(root: Path, classes: dict[str, int], size: int = 28) -> Path:
-    for name, count in classes.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            Image.new("L", (size, size), color=index * 20).save(root / name / f"{index}.png")
-    return root
-
-
-@pytest.fixture
-def base_args(tmp_path, data_root):
-    return ["--config", HARD, "--output-dir", str(tmp_path / "out"), "--set", f"data.root={data_root}",
-            "--epochs", "1"]
 
 
 def test_unknown_config_key(capsys, base_args):
@@ -37,7 +23,7 @@ def test_ipc_larger_than_a_class(capsys, base_args):
 
 
 def test_ipc_larger_than_a_class_names_the_class_folder(capsys, base_args, tmp_path):
-    digits = image_folder(tmp_path / "digits", {"digit_0": 3, "digit_1": 3, "digit_2": 1})
+    digits = grey_image_folder(tmp_path / "digits", {"digit_0": 3, "digit_1": 3, "digit_2": 1})
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={digits}", "--set", f"data.val={digits}",
                          "--set", "data.val_split=train", "--method", "random", "--ipc", "2")
     assert code == 3 and "IPC 2 is larger than class 2 ('digit_2'), which has 1 images" in text, text
@@ -50,7 +36,7 @@ def test_missing_dataset_folder(capsys, base_args, tmp_path):
 
 
 def test_corrupt_image(capsys, base_args, tmp_path):
-    train = image_folder(tmp_path / "train", {name: 2 for name in "abcdefghij"})
+    train = grey_image_folder(tmp_path / "train", {name: 2 for name in "abcdefghij"})
     (train / "c" / "1.png").write_bytes(b"not a png at all")
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--method", "first",
                          "--ipc", "1")
@@ -68,8 +54,8 @@ def test_wrong_folder_layout(capsys, base_args, tmp_path):
 
 
 def test_class_set_does_not_match_validation(capsys, base_args, tmp_path):
-    train = image_folder(tmp_path / "train", {"a": 2, "b": 2, "c": 2})
-    val = image_folder(tmp_path / "val", {"a": 2, "b": 2})
+    train = grey_image_folder(tmp_path / "train", {"a": 2, "b": 2, "c": 2})
+    val = grey_image_folder(tmp_path / "val", {"a": 2, "b": 2})
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--set", f"data.val={val}",
                          "--set", "data.val_split=train", "--method", "first", "--ipc", "1")
     assert code == 3 and "'c'" in text and "data.classes" in text

@@ -18,8 +18,7 @@ import pytest
 from orchestrator import bench
 from orchestrator.bench import BENCHMARKS, BenchContext, Figure, StepVariant
 from orchestrator.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests_paths import REPO
 
 
 def assert_figures(figures: dict, required: set[str]) -> None:

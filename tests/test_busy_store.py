@@ -1,8 +1,8 @@
-"""A busy MLflow store (another process holds its SQLite write lock) never kills a run (issue 18).
+"""A busy MLflow store (another process holds its SQLite write lock) never kills a run.
 
 Real SQLite stores locked by a real second process with `BEGIN EXCLUSIVE`; nothing of MLflow is mocked.
 MLflow alone fails a call after its busy timeout (5 s when a process opens the store, 20 s a call);
-each test fails on the code before issue 18's retries.
+each test fails without `store_retry`'s retries.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from orchestrator import tracking
 from orchestrator.config import load_config
 from orchestrator.errors import StoreBusyError
 from orchestrator.store_retry import WINDOW_ENV, retry_busy, retrying_client
+from tests_paths import REPO
 from trainers.loop import History, MetricLogger, build_training_state, save_state
 
-REPO = Path(__file__).resolve().parents[1]
 LOCKER = """
 import sqlite3, sys, time
 connection = sqlite3.connect(sys.argv[1], isolation_level=None)

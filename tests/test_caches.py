@@ -1,7 +1,7 @@
 """Teachers and training dynamics are keyed by everything that made them, and never reused silently.
 
-Issue 7 §4 (cache keys, recorded per cell, report refuses mixed keys) and issue 10 (a damaged
-teacher file fails in the driver before training, with the fix). The end-to-end test trains a real
+Cache keys are recorded per cell and the report refuses mixed keys; a damaged teacher file fails in
+the driver before training, with the fix. The end-to-end test trains a real
 1-epoch teacher on a 100-image slice of Fashion-MNIST on a real local Ray cluster.
 """
 

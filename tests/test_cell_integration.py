@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 from orchestrator.cell import run_cell
 from orchestrator.config import cell_name
 from orchestrator.tracking import tracking_uri
+from tests_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 

@@ -18,8 +18,8 @@ import pytest
 from orchestrator.cluster import EXCLUDES, ClusterWarning, Submission, add_submit_parser, auth_headers, \
     build_submission, submit
 from orchestrator.errors import ConfigError, OrchestratorError
+from tests_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "sweeps" / "quickstart.yaml"
 
 

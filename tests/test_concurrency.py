@@ -9,14 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from orchestrator.locks import cell_lock
-
-REPO = Path(__file__).resolve().parents[1]
-HARD = str(REPO / "configs/fmnist-hard.yaml")
-def child_env(tmp_path: Path) -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1", ORCHESTRATOR_HOME=str(tmp_path / "home"))
+from tests_paths import HARD, REPO, cell_runs, child_env
 
 
 def run_command(out: Path, data_root: Path, *args: str) -> list[str]:
@@ -47,12 +42,6 @@ def test_a_held_cell_makes_another_process_wait_and_name_the_holder(tmp_path):
     lines = stdout.strip().splitlines()
     assert waiter.returncode == 0 and lines[-1] == "got it", stderr
     assert f"cell cell-a is held by pid {os.getpid()} on host" in lines[0]
-
-
-def cell_runs(out: Path, experiment: str):
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    found = client.get_experiment_by_name(experiment)
-    return client, client.search_runs([found.experiment_id], filter_string="tags.role = 'cell'")
 
 
 @pytest.mark.slow

@@ -1,13 +1,10 @@
 """Config loading, inheritance, overrides and validation."""
 
-from pathlib import Path
-
 import pytest
 
 from orchestrator.config import cell_name, config_hash, flatten, load_config, replace
 from orchestrator.errors import ConfigError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from tests_paths import CONFIGS
 
 
 def test_published_protocols_match_protocol_md():

@@ -17,8 +17,8 @@ import pytest
 
 from orchestrator.progress import CellState, SweepProgress, render, tune_callback
 from orchestrator.runtime import forward_worker_output, worker_lines_to
+from tests_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 RAY_INTERNALS = ("Execution plan", "Starting execution", "execution finished", "Reporting training result",
                  "Requesting resources", "PreemptionWatcher", "Failed to kill actor", "pid=")
 

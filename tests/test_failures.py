@@ -10,27 +10,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from mlflow import MlflowClient
 
-from tests_paths import HARD, REPO
+from tests_paths import HARD, REPO, answers_http, cell_runs, child_env, free_port
 from trainers.loop import STATE_FILE
 
 TINY_CELL = ["--ipc", "2", "--epochs", "1", "--batch-size", "8"]
 RAN = "this ran while loading a checkpoint"
-
-
-def child_env(tmp_path: Path, **extra: str) -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1", ORCHESTRATOR_HOME=str(tmp_path / "home"), **extra)
 
 
 def cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -46,12 +39,6 @@ def the_error_line(done: subprocess.CompletedProcess, code: int) -> str:
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, printed[-3000:]
     return errors[0]
-
-
-def cell_runs(out: Path, experiment: str = "fmnist-hard"):
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    found = client.get_experiment_by_name(experiment)
-    return client, client.search_runs([found.experiment_id], filter_string="tags.role = 'cell'")
 
 
 # ---------------------------------------------------------------- YAML files
@@ -160,20 +147,6 @@ def test_a_full_disk_is_one_line_naming_the_output_folder(tmp_path, data_root):
 
 
 # ---------------------------------------------------------------- ui
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def answers_http(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def process_table() -> dict[int, tuple[int, str]]:

@@ -18,8 +18,8 @@ from PIL import Image
 from orchestrator.cell import run_cell
 from orchestrator.config import load_config
 from orchestrator.method_spec import from_template, source_spec
+from tests_paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
 pytestmark = pytest.mark.slow
 

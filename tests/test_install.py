@@ -11,7 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests_paths import REPO
 
 
 def stand_in(directory: Path, name: str, body: str) -> None:

@@ -1,4 +1,4 @@
-"""MLflow as the comparison screen (issue 22): what a finished sweep leaves in the store, and what the UI
+"""MLflow as the comparison screen: what a finished sweep leaves in the store, and what the UI
 shows of it in a real browser (headless Chromium; `python -m orchestrator ui` as a user starts it).
 
 One small real sweep (two hard-label random cells and one EL2N cell, whose training dynamics need a
@@ -23,8 +23,7 @@ from orchestrator.store_retry import retrying_client
 from orchestrator.sweep import run_sweep
 from orchestrator.sweep_config import load_sweep
 from orchestrator.tracking import COMPARISON_VIEW
-from test_failures import answers_http, child_env, free_port
-from tests_paths import REPO
+from tests_paths import REPO, answers_http, child_env, free_port
 
 SCREENSHOT = REPO / "docs" / "img" / "mlflow-runs.png"
 

@@ -210,7 +210,7 @@ def test_missing_dynamics_is_a_clear_error(tmp_path):
 
 
 def test_damaged_dynamics_are_refused_before_scoring(world):
-    """Issue 10: a deleted epoch file or a truncated one is a DataError naming it, never a score."""
+    """A deleted epoch file or a truncated one is a DataError naming it, never a score."""
     config, dataset = world
     deleted = epoch_file(dynamics_dir(config, 1), 0, 1)
     deleted.unlink()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests_paths import REPO
+
 CITATION = re.compile(r"docs/protocol\.md §([^\n]{0,40})")
 
 

@@ -28,9 +28,8 @@ from orchestrator.leftovers import process_name, session_processes
 from orchestrator.runtime import local_ray_file
 from orchestrator.sweep import needs_dashboard
 from orchestrator.sweep_config import load_sweep
+from tests_paths import HARD, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-HARD = str(REPO / "configs/fmnist-hard.yaml")
 HOLDER = """
 import sys, ray
 from orchestrator.runtime import init_ray

@@ -1,4 +1,4 @@
-"""Places that cannot be written and inputs that used to be accepted silently: one clear error or note."""
+"""Places that cannot be written and inputs that could pass unnoticed: one clear error or note."""
 
 from __future__ import annotations
 
@@ -8,28 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
+from data_fixtures import grey_image_folder
 from orchestrator.config import load_config
 from orchestrator.data.sources import normalisation_warning
 from orchestrator.errors import ConfigError
 from orchestrator.tracking import default_uri, ensure_experiment
-
 from tests_paths import HARD, REPO, run_cli
-
-
-def image_folder(root: Path, classes: list[str], count: int = 2) -> Path:
-    for name in classes:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for index in range(count):
-            Image.new("L", (28, 28), color=index * 40).save(root / name / f"{index}.png")
-    return root
-
-
-@pytest.fixture
-def base_args(tmp_path, data_root):
-    return ["--config", HARD, "--output-dir", str(tmp_path / "out"), "--set", f"data.root={data_root}",
-            "--epochs", "1"]
 
 
 def test_output_dir_that_is_a_file(capsys, base_args, tmp_path):
@@ -69,13 +54,13 @@ def test_empty_config_is_refused(capsys, tmp_path, text):
 
 
 def test_val_folder_without_the_split_names_data_val_split(capsys, base_args, tmp_path):
-    val = image_folder(tmp_path / "val" / "train", [str(i) for i in range(10)]).parent
+    val = grey_image_folder(tmp_path / "val" / "train", {str(i): 2 for i in range(10)}).parent
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.val={val}")
     assert code == 3 and "no split folder 'test'" in text and "data.val_split" in text  # a DataError
 
 
 def test_new_dataset_with_fashion_mnist_normalisation_is_pointed_out(capsys, base_args, tmp_path):
-    train = image_folder(tmp_path / "train", ["a", "b", "c"])
+    train = grey_image_folder(tmp_path / "train", {"a": 2, "b": 2, "c": 2})
     code, text = run_cli(capsys, "run", *base_args, "--set", f"data.train={train}", "--method", "first",
                          "--ipc", "1")
     assert code == 3  # a DataError: its classes do not match Fashion-MNIST's validation set; the note came first

@@ -1,4 +1,4 @@
-"""Speed switches chosen for the machine (issue 24): `auto` precision, layout and compilation.
+"""Speed switches chosen for the machine: `auto` precision, layout and compilation.
 
 The selection logic is tested on this machine whatever its CPU: which CPUs count as native bf16
 (from their flags), what `auto` resolves to here, that a calibration is measured once and then read
@@ -40,7 +40,7 @@ def test_auto_precision_is_bf16_only_where_this_cpu_computes_it_natively():
 
 def test_auto_keys_are_accepted_and_leave_existing_cell_hashes_alone():
     plain = load_config(HARD, {"eval.every": 300, "train.threads": 1, "data.ipc": 10})
-    assert cell_name(plain).endswith("-4d8bc66086")  # the results sweep's cell, as it was named before
+    assert cell_name(plain).endswith("-4d8bc66086")  # the results sweep's cell: unset "auto" keys keep its name
     auto = load_config(HARD, {"train.precision": "auto", "eval.precision": "auto", "train.channels_last": "auto",
                               "train.compile": "auto"})
     assert (auto.train.precision, auto.train.channels_last, auto.train.compile) == ("auto", "auto", "auto")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests_paths import REPO
+
 PACKAGES = ("orchestrator", "trainers", "pca")
 
 
@@ -44,7 +45,7 @@ def test_worker_code_never_imports_the_driver_side():
 
 
 def test_mlflow_clients_wait_out_a_busy_store():
-    """MLflow is called through `store_retry.retrying_client` (issue 18); `report/` only reads."""
+    """MLflow is called through `store_retry.retrying_client`, which waits out a busy store; `report/` only reads."""
     offenders = [p.relative_to(REPO) for p in sources("orchestrator", "trainers")
                  if "MlflowClient(" in p.read_text() and p.name != "store_retry.py" and "report" not in p.parts]
     assert offenders == []

@@ -11,15 +11,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from orchestrator.errors import ConfigError
 from orchestrator.sweep import run_sweep
 from orchestrator.sweep_config import load_sweep
+from tests_paths import REPO, cell_runs
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = {"schedule.epochs": 2, "data.ipc": 2, "train.batch_size": 8, "train.threads": 1, "eval.every": 2,
         "train.checkpoint_every": 1, "train.cpus_per_worker": 0.5}
+
+
+def tiny_runs(out: Path, role: str = "cell") -> list:
+    """The runs tagged `role` of the sweep `write_sweep` writes (experiment "tiny")."""
+    return cell_runs(out, "tiny", role)[1]
 
 
 def write_sweep(tmp_path: Path, data_root: Path, **sections) -> Path:
@@ -31,14 +35,6 @@ def write_sweep(tmp_path: Path, data_root: Path, **sections) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
-
-
-def cell_runs(out: Path, experiment: str = "tiny", role: str = "cell"):
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return client.search_runs([exp.experiment_id], filter_string=f"tags.role = '{role}'")
 
 
 def test_grid_expansion_and_dry_run(tmp_path, data_root, capsys):
@@ -105,7 +101,7 @@ def test_sweep_with_relative_output_dir_tracks_cells_there(ray_cluster, tmp_path
     monkeypatch.chdir(tmp_path)
     results = run_sweep(load_sweep(path))
     assert results[0]["top1_final"] is not None
-    runs = cell_runs(tmp_path / "out")
+    runs = tiny_runs(tmp_path / "out")
     assert [r.info.status for r in runs] == ["FINISHED"]
 
 
@@ -119,18 +115,18 @@ def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data_root
                              start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and first.poll() is None:
-        if [r for r in cell_runs(out) if r.info.status == "FINISHED"]:
+        if [r for r in tiny_runs(out) if r.info.status == "FINISHED"]:
             break
         time.sleep(1)
     assert first.poll() is None, "the sweep ended before it could be interrupted"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    finished_before = {r.data.tags["cell"]: r.info.run_id for r in cell_runs(out) if r.info.status == "FINISHED"}
+    finished_before = {r.data.tags["cell"]: r.info.run_id for r in tiny_runs(out) if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 3
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    runs = cell_runs(out)
+    runs = tiny_runs(out)
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # no duplicate runs
     for cell, run_id in finished_before.items():
         assert {r.data.tags["cell"]: r.info.run_id for r in runs}[cell] == run_id
@@ -151,12 +147,12 @@ def test_asha_stops_poor_trials_early_and_records_all(ray_cluster, tmp_path, dat
     results = run_sweep(load_sweep(path))
     assert len(results) == 1 and results[0]["search/trials"] == 4
     assert results[0]["search/total_epochs"] < 4 * epochs  # ASHA stopped someone early
-    trials = cell_runs(tmp_path / "out", role="trial")
+    trials = tiny_runs(tmp_path / "out", role="trial")
     assert len(trials) == 4
     assert {r.info.status for r in trials} <= {"FINISHED", "KILLED"}
     assert any(r.info.status == "KILLED" for r in trials)
     parents = {r.data.tags["mlflow.parentRunId"] for r in trials}
-    search_run = cell_runs(tmp_path / "out", role="search")
+    search_run = tiny_runs(tmp_path / "out", role="search")
     assert len(search_run) == 1 and parents == {search_run[0].info.run_id}
 
 
@@ -191,5 +187,5 @@ def test_failed_cell_is_named_and_the_parent_run_is_not_left_running(ray_cluster
     results = run_sweep(sweep)
     assert len(results) == 1 and results[0]["cell"].startswith("random-ipc7000-hard")
     assert "IPC 7000" in results[0]["error"] and "Traceback" not in results[0]["error"]
-    [parent] = cell_runs(tmp_path / "out", role="sweep")
+    [parent] = tiny_runs(tmp_path / "out", role="sweep")
     assert parent.info.status == "FAILED"

@@ -4,7 +4,6 @@ BatchNorm (whose statistics depend on the batch) train whole batches."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,11 @@ import torch
 
 from orchestrator.config import config_hash, load_config
 from orchestrator.errors import ConfigError
+from tests_paths import CONFIGS
 from trainers.batches import MicroBatch
 from trainers.loop import exact_chunk, forward_backward
 from trainers.mix import build_mixup
 from trainers.models import create_student
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def micro_batch(size: int = 48) -> MicroBatch:

@@ -9,9 +9,8 @@ import torch
 
 from orchestrator.config import load_config
 from orchestrator.errors import CheckpointError
+from tests_paths import REPO
 from trainers.loop import STATE_FILE, History, build_training_state, save_state
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

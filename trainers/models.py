@@ -12,7 +12,6 @@ Importing this module is enough for ``timm.create_model('convnet3', ...)`` to wo
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from orchestrator.errors import CheckpointError, ConfigError, OrchestratorError, did_you_mean
+from orchestrator.files import atomic_path
 
 TIMM_PREFIX = "timm:"
 TEACHER_FILE_KEYS = ("model_name", "model_kwargs", "state_dict", "meta")
@@ -165,7 +165,7 @@ class SmallStemResNet(ResNet):
         self.conv1 = nn.Conv2d(self.in_chans, stem_out, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.maxpool = nn.Identity()
-        for info in self.feature_info:  # stem no longer halves, and no pool quarters the stages
+        for info in self.feature_info:  # timm's reductions count a halving stem and pool; here neither halves
             info["reduction"] = max(1, info["reduction"] // (2 if info["module"] == "act1" else 4))
 
 
@@ -317,10 +317,8 @@ def save_teacher(
         "meta": dict(meta),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -34,6 +34,8 @@ from typing import ContextManager
 import torch
 from torch import nn
 
+from orchestrator.files import write_text
+
 PRECISIONS = ("fp32", "bf16")
 AUTO = "auto"
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
@@ -178,11 +180,7 @@ def read_calibration(path: Path) -> dict:
 def write_calibration(path: Path, key: str, entry: dict) -> None:
     """Best effort (a read-only cache folder only costs a new calibration next time)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        entries = {**read_calibration(path), key: entry}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1))
-        os.replace(tmp, path)
+        write_text(path, json.dumps({**read_calibration(path), key: entry}, indent=1))
     except OSError:
         pass
 

@@ -14,7 +14,6 @@ tasks); a larger one (ImageNet-scale images) decodes in parallel Ray Data tasks 
 from __future__ import annotations
 
 import hashlib
-import io
 from functools import partial
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from orchestrator.data.images import decode_cell
 from orchestrator.files import atomic_path
 
 MATERIALIZE_LIMIT_BYTES = 2 * 1024**3  # decoded size under which a dataset is kept in memory
@@ -35,14 +35,6 @@ def decodes_in_process(num_rows: int, side: int) -> bool:
     return num_rows * side * side <= DRIVER_DECODE_PIXELS
 
 
-def open_image(cell, mode: str) -> Image.Image:
-    """One HF image cell ({bytes, path} dict or raw bytes) -> PIL image in `mode`."""
-    data = cell["bytes"] if isinstance(cell, dict) else cell
-    if data is None and isinstance(cell, dict) and cell.get("path"):
-        data = Path(cell["path"]).read_bytes()
-    return Image.open(io.BytesIO(data)).convert(mode)
-
-
 def as_hwc(image: Image.Image) -> np.ndarray:
     array = np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on PIL's read-only view
     return array[:, :, None] if array.ndim == 2 else array
@@ -50,7 +42,7 @@ def as_hwc(image: Image.Image) -> np.ndarray:
 
 def decode_images(cells: Sequence, mode: str, size: int) -> np.ndarray:
     """HF image cells -> uint8 [N, size, size, C]; images not at the storage size are resized."""
-    images = (open_image(cell, mode) for cell in cells)
+    images = (decode_cell(cell, mode) for cell in cells)
     return np.stack([as_hwc(im if im.size == (size, size) else im.resize((size, size), Image.BICUBIC))
                      for im in images])
 
@@ -64,7 +56,7 @@ def decode_train_batch(batch: dict, mode: str, size: int) -> dict:
 def decode_val_batch(batch: dict, mode: str, resize: int, crop: int, mean, std) -> dict:
     from trainers.augment import eval_views
 
-    views = [eval_views(as_hwc(open_image(cell, mode))[None], resize=resize, crop=crop, mean=mean, std=std)
+    views = [eval_views(as_hwc(decode_cell(cell, mode))[None], resize=resize, crop=crop, mean=mean, std=std)
              for cell in batch["image"]]
     return {"image": np.concatenate([v.numpy() for v in views]), "label": np.asarray(batch["class_id"], dtype=np.int64)}
 

@@ -8,7 +8,6 @@ atomically, and the registry that turns a dataset name into a prepared directory
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from orchestrator.data.images import png_bytes
 from orchestrator.data.select import BENCHMARK_FEATURES, write_parquet
 from orchestrator.errors import ConfigError, DataError
 
@@ -109,9 +109,7 @@ def encode_png(pixels: np.ndarray, image_size: int, mode: str) -> bytes:
         image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
     if mode != "L":
         image = image.convert(mode)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return png_bytes(image, compress_level=1)
 
 
 def fashion_mnist_dir_name(image_size: int, mode: str) -> str:

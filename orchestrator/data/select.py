@@ -27,6 +27,8 @@ BENCHMARK_FEATURES = datasets.Features(
         "sample_id": datasets.Value("string"),
     }
 )
+# A set whose stored images are new (PCA's tiles, distilled images) numbers them itself: `index` is its key.
+INDEXED_FEATURES = datasets.Features({**BENCHMARK_FEATURES, "index": datasets.Value("int64")})
 SELECTION_RULES = ("first", "random")
 _TARGET_ROW_GROUP_BYTES = 32 * 1024 * 1024
 

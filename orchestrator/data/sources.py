@@ -23,6 +23,7 @@ from datasets.table import InMemoryTable
 from PIL import Image
 
 from orchestrator.config import Config, DataConfig
+from orchestrator.data.images import cell_source
 from orchestrator.data.prepare import DATASET_INFO_FILE, REGISTERED, resolve_registered
 from orchestrator.data.select import BENCHMARK_FEATURES, arrow_column, class_id_array
 from orchestrator.errors import DataError
@@ -439,14 +440,21 @@ def _load_any(spec: str, split: str, data_root: Path, image_size: int, mode: str
     )
 
 
+def class_differences(first: list[str], second: list[str], *, counts: str) -> list[str]:
+    """Where two class lists differ: "i: 'a' vs 'b'" per position, then `counts` (a format of the two
+    lengths) when their lengths differ."""
+    diffs = [f"{i}: '{a}' vs '{b}'" for i, (a, b) in enumerate(zip(first, second)) if a != b]
+    if len(first) != len(second):
+        diffs.append(counts.format(len(first), len(second)))
+    return diffs
+
+
 def _reconcile_classes(own: list[str] | None, given: list[str] | None, spec: str) -> list[str] | None:
     if given is None or own is None:
         return own if given is None else list(given)
     if list(own) == list(given):
         return list(own)
-    diffs = [f"{i}: '{a}' vs '{b}'" for i, (a, b) in enumerate(zip(own, given)) if a != b]
-    if len(own) != len(given):
-        diffs.append(f"{len(own)} classes in the source vs {len(given)} in data.classes")
+    diffs = class_differences(own, given, counts="{} classes in the source vs {} in data.classes")
     raise DataError(
         f"the class names of {spec} differ from data.classes (source vs data.classes: "
         f"{_shown(diffs)}): remove data.classes to use the source's own names, or make them match"
@@ -484,10 +492,10 @@ def load_source(
 
 
 def _decode_problem(cell: dict | None) -> str | None:
-    if cell is None or (cell.get("bytes") is None and not cell.get("path")):
+    source = cell_source(cell)
+    if source is None:
         return "no image data"
     try:
-        source = io.BytesIO(cell["bytes"]) if cell.get("bytes") is not None else cell["path"]
         with Image.open(source) as image:
             image.load()
     except Exception as exc:  # PIL raises many types for bad images
@@ -537,9 +545,7 @@ def check_class_sets(train: Source, val: Source) -> list[str] | None:
         "or use a validation set with the same classes"
     )
     if train.classes and val.classes and list(train.classes) != list(val.classes):
-        diffs = [f"{i}: '{a}' vs '{b}'" for i, (a, b) in enumerate(zip(train.classes, val.classes)) if a != b]
-        if len(train.classes) != len(val.classes):
-            diffs.append(f"{len(train.classes)} vs {len(val.classes)} classes")
+        diffs = class_differences(train.classes, val.classes, counts="{} vs {} classes")
         only_train = [c for c in train.classes if c not in set(val.classes)]
         only_val = [c for c in val.classes if c not in set(train.classes)]
         if only_train:

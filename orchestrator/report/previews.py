@@ -5,15 +5,14 @@ grid per IPC (:func:`orchestrator.report.plots.image_grid`).
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from orchestrator.data.images import decode_cell
 from orchestrator.report.plots import image_grid
 from orchestrator.report.runs import HARD, client, method_order
 from orchestrator.tracking import PREVIEW_ARTIFACT
@@ -28,7 +27,7 @@ def decode_preview(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    images = [np.asarray(Image.open(io.BytesIO(cell["bytes"]))) for cell in table.column("image").to_pylist()]
+    images = [np.asarray(decode_cell(cell)) for cell in table.column("image").to_pylist()]
     return np.stack(images), table.column("class_id").to_numpy(zero_copy_only=False)
 
 
