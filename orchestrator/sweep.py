@@ -195,6 +195,8 @@ def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) ->
     """Tune one cell's hyperparameters; trials are nested under the cell's MLflow run."""
     from ray import tune
 
+    from orchestrator.methods import method_label
+
     uri = tracking.tracking_uri(cell)
     experiment_id = tracking.ensure_experiment(uri, cell.experiment_name, cell.out)
     name = cell_name(cell)
@@ -202,7 +204,8 @@ def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) ->
     if previous is not None and previous.info.status == "FINISHED":
         return {"top1_final": previous.data.metrics.get("val/top1_best"), "cell": name, "skipped": True}
     cell_run = previous.info.run_id if previous else tracking.start_run(
-        uri, experiment_id, cell, cell=name, role="search", parent_run_id=sweep_parent)
+        uri, experiment_id, cell, cell=name, method_label=method_label(cell), role="search",
+        parent_run_id=sweep_parent)
     tuner = tune.Tuner(
         tune.with_resources(search_trial, trial_resources(cell, sweep.trial_cpus, use_gpu(cell.train.use_gpu))),
         param_space={**search_space(search), "cell": to_dict(cell), "parent_run_id": cell_run},
