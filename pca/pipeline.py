@@ -30,7 +30,7 @@ from orchestrator.data.select import BENCHMARK_FEATURES, arrow_column, class_id_
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.method_spec import require_ipc, with_index
 from pca.combine import combine_per_class, tile_images
-from pca.methods import Selection, select_rows
+from pca.pruning import Selection, select_rows
 from pca.select import easy_first
 
 PCA_FEATURES = datasets.Features({**BENCHMARK_FEATURES, "index": datasets.Value("int64")})
