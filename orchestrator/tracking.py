@@ -103,6 +103,20 @@ def get_or_create_experiment(uri: str, name: str, artifact_root: Path | None) ->
         return experiment.experiment_id
 
 
+def has_experiment(uri: str, name: str) -> bool:
+    return retrying_client(uri).get_experiment_by_name(name) is not None
+
+
+def comparison_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(experiment, link to its runs table in the comparison view) for this store's experiments with runs."""
+    client = retrying_client(uri)
+    links = []
+    for experiment in client.search_experiments():
+        if experiment.name != "Default":
+            tag_experiment(client, experiment)  # the view the link opens, on stores made before it
+            links.append((experiment.name, comparison_url(base, experiment.experiment_id)))
+    return links
+
 
 def locations_file() -> Path:
     """Where experiments' output folders are recorded: $ORCHESTRATOR_HOME or ~/.cache/orchestrator."""
@@ -140,6 +154,26 @@ def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
     return runs[0] if runs else None
 
 
+def sweep_run_id(uri: str, experiment: str) -> str | None:
+    """The experiment's sweep parent run, where the report is logged back (None: a new report run)."""
+    client = retrying_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string="tags.role = 'sweep'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def create_run(uri: str, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
+    """A new RUNNING run with these tags and no params (a sweep's parent run); its id."""
+    return retrying_client(uri).create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """A run ended before is RUNNING again (a sweep run a second time reuses its parent run)."""
+    retrying_client(uri).update_run(run_id, status="RUNNING")
+
+
 def start_run(uri: str, experiment_id: str, config: Config, *, cell: str, method_label: str, role: str = "cell",
               parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Create the run and log the resolved config as params plus the short cell params.
@@ -165,6 +199,19 @@ def log_params(uri: str, run_id: str, config: Config, method_label: str) -> None
     client = retrying_client(uri)
     for start in range(0, len(batch), 90):
         client.log_batch(run_id, params=batch[start:start + 90])
+
+
+class ParamsRefused(Exception):
+    """MLflow refused a run's params: the run already holds one of them with another value."""
+
+
+def log_params_and_tags(uri: str, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+    """Params and tags in one call; ParamsRefused (MLflow's words) when a param would change."""
+    try:
+        retrying_client(uri).log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                                       tags=[RunTag(k, v) for k, v in tags.items()])
+    except MlflowException as exc:
+        raise ParamsRefused(str(exc)) from exc
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
