@@ -396,7 +396,7 @@ def briefly_trained_convnet(config, steps: int):
     whose top-1 (~70 %) can move when the precision changes."""
     import torch
 
-    from trainers.augment import eval_views
+    from orchestrator.image_views import eval_views
     from trainers.models import create_student
     from trainers.optim import build_optimizer
 
@@ -432,7 +432,7 @@ def bench_eval(ctx: BenchContext, *, images: int | None = None, train_steps: int
     import torch
 
     from orchestrator.data.prepare import FASHION_MNIST_RAW, load_fashion_mnist_split
-    from trainers.augment import eval_views
+    from orchestrator.image_views import eval_views
     from trainers.precision import native_bf16
 
     if precisions is None:

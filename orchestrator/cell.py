@@ -26,8 +26,8 @@ from orchestrator.data.sources import check_class_sets
 from orchestrator.errors import ConfigError, OrchestratorError, disk_full_cause, disk_full_error, original_error
 from orchestrator.locks import one_process_per_cell
 from orchestrator.method_spec import load_train_source, load_val_source
-from orchestrator.methods import (PreparedSet, build_training_set, build_val_set, generation_cost, needs_dynamics,
-                                  soft_label_bytes, soft_label_ratio, tile_grid)
+from orchestrator.methods import (PreparedSet, build_training_set, build_val_set, generation_cost, method_label,
+                                  needs_dynamics, soft_label_bytes, soft_label_ratio, tile_grid)
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
 from orchestrator.waiting import controller_failure_limit, say_what_it_waits_for
@@ -80,8 +80,9 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
         shutil.rmtree(storage / name, ignore_errors=True)  # a forced rerun starts from scratch
         if previous is not None and previous.info.status == "RUNNING":  # left by a killed attempt
             tracking.terminate(uri, previous.info.run_id, "KILLED")
-        run_id = tracking.start_run(uri, experiment_id, config, cell=name, role=role,
-                                    parent_run_id=parent_run_id, tags={"fingerprint": data.train.fingerprint})
+        run_id = tracking.start_run(uri, experiment_id, config, cell=name, method_label=method_label(config),
+                                    role=role, parent_run_id=parent_run_id,
+                                    tags={"fingerprint": data.train.fingerprint})
         tracking.log_training_set(uri, run_id, name=set_name(config), fingerprint=data.train.fingerprint,
                                   source=str(data.train.path), images=data.train.num_rows,
                                   image_bytes=data.train.image_bytes)
@@ -266,8 +267,6 @@ def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict)
 
 def set_name(config: Config) -> str:
     """The training set as the runs table's Dataset column names it: method-IPC (e.g. pca (prune only)-ipc10)."""
-    from orchestrator.methods import method_label
-
     return f"{method_label(config)}-ipc{'all' if config.data.ipc is None else config.data.ipc}"
 
 

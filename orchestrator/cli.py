@@ -77,6 +77,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import run_report
+    from orchestrator.tracking import sweep_run_id
 
     uri, output_dir = report_store(args)
     out_dir = Path(args.out or output_dir / "reports" / args.experiment)
@@ -111,7 +112,7 @@ def fill_results_page(uri: str, experiment: str, page: Path) -> None:
 
 def report_store(args: argparse.Namespace) -> tuple[str, Path]:
     """(store URI, output folder) of the experiment: the flags, else ./outputs or where it was written."""
-    from orchestrator.tracking import default_uri, known_locations
+    from orchestrator.tracking import default_uri, has_experiment, known_locations
 
     if args.tracking_uri or args.output_dir or os.environ.get("MLFLOW_TRACKING_URI"):
         output_dir = Path(args.output_dir or "outputs")
@@ -125,30 +126,12 @@ def report_store(args: argparse.Namespace) -> tuple[str, Path]:
                             f"pass the --output-dir the sweep or run wrote to")
 
 
-def has_experiment(uri: str, experiment: str) -> bool:
-    from orchestrator.store_retry import retrying_client
-
-    return retrying_client(uri).get_experiment_by_name(experiment) is not None
-
-
 def render_terminal_from(paths: dict) -> str:
     return Path(paths["report.md"]).read_text()
 
 
-def sweep_run_id(uri: str, experiment: str) -> str | None:
-    """The experiment's sweep parent run, where the report is logged back (None: a new report run)."""
-    from orchestrator.store_retry import retrying_client
-
-    client = retrying_client(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = client.search_runs([found.experiment_id], filter_string="tags.role = 'sweep'", max_results=1)
-    return runs[0].info.run_id if runs else None
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
-    from orchestrator.tracking import default_uri
+    from orchestrator.tracking import comparison_links, default_uri
 
     uri = args.tracking_uri or default_uri(Path(args.output_dir))
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
@@ -159,20 +142,6 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for name, url in comparison_links(uri, f"http://{args.host}:{args.port}"):
         print(f"  {name}: {url}", flush=True)
     return serve_until_stopped(command)
-
-
-def comparison_links(uri: str, base: str) -> list[tuple[str, str]]:
-    """(experiment, link to its runs table in the comparison view) for this store's experiments with runs."""
-    from orchestrator.store_retry import retrying_client
-    from orchestrator.tracking import comparison_url, tag_experiment
-
-    client = retrying_client(uri)
-    links = []
-    for experiment in client.search_experiments():
-        if experiment.name != "Default":
-            tag_experiment(client, experiment)  # the view the link opens, on stores made before it
-            links.append((experiment.name, comparison_url(base, experiment.experiment_id)))
-    return links
 
 
 UI_GRACE_S = 10.0  # after a SIGTERM/SIGINT, how long the server's processes get before SIGKILL

@@ -1,12 +1,15 @@
-"""File writes that a crash or a concurrent reader never sees half done."""
+"""File writes that a crash or a concurrent reader never sees half done, and output folders checked writable."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from orchestrator.errors import OrchestratorError
 
 
 @contextmanager
@@ -30,3 +33,18 @@ def write_text(path: Path, text: str) -> None:
     """Replace `path` with `text` in one step."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def writable_dir(path: Path) -> Path:
+    """`path` created when missing and probed with a real write: an error naming it, before any work."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise OrchestratorError(f"output dir {out} is a file, not a folder: pass another --output-dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OrchestratorError(f"output dir {out} cannot be written ({exc.strerror}): "
+                                f"pass a writable --output-dir") from exc
+    return out

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from orchestrator.files import writable_dir
+
 
 def holder(path: Path) -> str:
     """Who holds (or last held) the lock at `path`, as its holder wrote it."""
@@ -56,7 +58,6 @@ def cell_lock(out: Path, cell: str) -> contextlib.AbstractContextManager:
 def one_process_per_cell(run_cell: Callable) -> Callable:
     """Decorator for `run_cell(config, ...)`: it runs holding the cell's lock, in a writable output dir."""
     from orchestrator.config import cell_name
-    from orchestrator.tracking import writable_dir
 
     @functools.wraps(run_cell)
     def locked(config, *args, **kwargs):

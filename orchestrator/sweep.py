@@ -19,7 +19,6 @@ from orchestrator.config import Config, apply_overrides, cell_name, config_from_
 from orchestrator.errors import OrchestratorError, disk_full_cause, disk_full_error, original_error
 from orchestrator.progress import SweepProgress, tune_callback
 from orchestrator.runtime import console_verbose, init_ray, use_gpu, worker_lines_to
-from orchestrator.store_retry import retrying_client
 from orchestrator.sweep_config import Search, Sweep, describe, trial_resources
 
 
@@ -89,15 +88,15 @@ def sweep_parent_run(uri: str, experiment_id: str, sweep: Sweep) -> str:
     """The sweep's parent run (reused, RUNNING again, when the same sweep is run again), with its grid."""
     previous = tracking.find_run(uri, experiment_id, cell=sweep.name, role="sweep")
     if previous is not None:
-        retrying_client(uri).update_run(previous.info.run_id, status="RUNNING")
+        tracking.reopen_run(uri, previous.info.run_id)
         return previous.info.run_id
-    run = retrying_client(uri).create_run(experiment_id, run_name=f"sweep-{sweep.name}",
-                                          tags={"role": "sweep", "cell": sweep.name})
+    run_id = tracking.create_run(uri, experiment_id, run_name=f"sweep-{sweep.name}",
+                                 tags={"role": "sweep", "cell": sweep.name})
     grid = [{"cell": cell_name(c), "protocol": c.name, "method": c.data.method, "ipc": c.data.ipc,
              "label_mode": c.label_mode, "model": c.model.name, "seed": c.seed} for c in sweep.cells]
-    tracking.log_text_artifacts(uri, run.info.run_id, {"sweep.yaml": yaml.safe_dump(sweep.source, sort_keys=False),
-                                                      "grid.json": json.dumps(grid, indent=2)})
-    return run.info.run_id
+    tracking.log_text_artifacts(uri, run_id, {"sweep.yaml": yaml.safe_dump(sweep.source, sort_keys=False),
+                                              "grid.json": json.dumps(grid, indent=2)})
+    return run_id
 
 
 def prepare_prerequisites(sweep: Sweep, parent_id: str) -> None:
@@ -195,6 +194,8 @@ def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) ->
     """Tune one cell's hyperparameters; trials are nested under the cell's MLflow run."""
     from ray import tune
 
+    from orchestrator.methods import method_label
+
     uri = tracking.tracking_uri(cell)
     experiment_id = tracking.ensure_experiment(uri, cell.experiment_name, cell.out)
     name = cell_name(cell)
@@ -202,7 +203,8 @@ def run_search(cell: Config, search: Search, sweep_parent: str, sweep: Sweep) ->
     if previous is not None and previous.info.status == "FINISHED":
         return {"top1_final": previous.data.metrics.get("val/top1_best"), "cell": name, "skipped": True}
     cell_run = previous.info.run_id if previous else tracking.start_run(
-        uri, experiment_id, cell, cell=name, role="search", parent_run_id=sweep_parent)
+        uri, experiment_id, cell, cell=name, method_label=method_label(cell), role="search",
+        parent_run_id=sweep_parent)
     tuner = tune.Tuner(
         tune.with_resources(search_trial, trial_resources(cell, sweep.trial_cpus, use_gpu(cell.train.use_gpu))),
         param_space={**search_space(search), "cell": to_dict(cell), "parent_run_id": cell_run},
@@ -247,16 +249,15 @@ def close_stopped_trials(uri: str, experiment_id: str, grid) -> None:
     whatever state the interruption left its MLflow run in (RUNNING, or FAILED when the stop reached
     the training loop as an exception).
     """
-    client = retrying_client(uri)
     for result in grid:
         run = tracking.find_run(uri, experiment_id, cell=cell_name(trial_config(result.config)), role="trial")
         if run is None or run.info.status == "FINISHED":
             continue
         if result.error is None:
-            client.set_tag(run.info.run_id, "stopped_early", "true")
-            client.set_terminated(run.info.run_id, "KILLED")
+            tracking.set_tags(uri, run.info.run_id, {"stopped_early": "true"})
+            tracking.terminate(uri, run.info.run_id, "KILLED")
         elif run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "FAILED")
+            tracking.terminate(uri, run.info.run_id, "FAILED")
 
 
 def load_and_run(path: Path, overrides: dict, address: str | None, dry_run: bool) -> list[dict]:

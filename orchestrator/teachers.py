@@ -190,15 +190,11 @@ def record_artifact_keys(uri: str, run_id: str, config: Config, teacher: str | N
     A resumed cell whose artifacts changed since it started (another key) is refused: its epochs
     would mix two teachers or two score sets.
     """
-    from mlflow.entities import Param, RunTag
-    from mlflow.exceptions import MlflowException
-
-    from orchestrator.store_retry import retrying_client
+    from orchestrator.tracking import ParamsRefused, log_params_and_tags
 
     params, tags = artifact_params(config, teacher, uses_dynamics)
     try:
-        retrying_client(uri).log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
-                                       tags=[RunTag(k, v) for k, v in tags.items()])
-    except MlflowException as exc:
+        log_params_and_tags(uri, run_id, params, tags)
+    except ParamsRefused as exc:
         raise ConfigError(f"MLflow run {run_id} was started with other teacher/dynamics keys than {params}: "
                           f"rerun the cell with --force ({exc})") from exc

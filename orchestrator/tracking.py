@@ -17,8 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from orchestrator.config import Config, flatten, to_yaml
-from orchestrator.errors import OrchestratorError
-from orchestrator.files import write_text
+from orchestrator.files import writable_dir, write_text
 from orchestrator.locks import file_lock, store_lock
 from orchestrator.store_retry import retrying_client, sqlite_path
 
@@ -42,21 +41,6 @@ def tracking_uri(config: Config) -> str:
     """The cell's store, once its output folder is known to be writable (checkpoints go there too)."""
     writable_dir(config.out)
     return default_uri(config.out)
-
-
-def writable_dir(path: Path) -> Path:
-    """`path` created when missing and probed with a real write: an error naming it, before any work."""
-    out = Path(path).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise OrchestratorError(f"output dir {out} is a file, not a folder: pass another --output-dir")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise OrchestratorError(f"output dir {out} cannot be written ({exc.strerror}): "
-                                f"pass a writable --output-dir") from exc
-    return out
 
 
 def ensure_experiment(uri: str, name: str, artifact_root: Path | None = None) -> str:
@@ -119,6 +103,20 @@ def get_or_create_experiment(uri: str, name: str, artifact_root: Path | None) ->
         return experiment.experiment_id
 
 
+def has_experiment(uri: str, name: str) -> bool:
+    return retrying_client(uri).get_experiment_by_name(name) is not None
+
+
+def comparison_links(uri: str, base: str) -> list[tuple[str, str]]:
+    """(experiment, link to its runs table in the comparison view) for this store's experiments with runs."""
+    client = retrying_client(uri)
+    links = []
+    for experiment in client.search_experiments():
+        if experiment.name != "Default":
+            tag_experiment(client, experiment)  # the view the link opens, on stores made before it
+            links.append((experiment.name, comparison_url(base, experiment.experiment_id)))
+    return links
+
 
 def locations_file() -> Path:
     """Where experiments' output folders are recorded: $ORCHESTRATOR_HOME or ~/.cache/orchestrator."""
@@ -156,29 +154,64 @@ def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
     return runs[0] if runs else None
 
 
-def start_run(uri: str, experiment_id: str, config: Config, *, cell: str, role: str = "cell",
+def sweep_run_id(uri: str, experiment: str) -> str | None:
+    """The experiment's sweep parent run, where the report is logged back (None: a new report run)."""
+    client = retrying_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string="tags.role = 'sweep'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def create_run(uri: str, experiment_id: str, *, run_name: str, tags: dict[str, str]) -> str:
+    """A new RUNNING run with these tags and no params (a sweep's parent run); its id."""
+    return retrying_client(uri).create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """A run ended before is RUNNING again (a sweep run a second time reuses its parent run)."""
+    retrying_client(uri).update_run(run_id, status="RUNNING")
+
+
+def start_run(uri: str, experiment_id: str, config: Config, *, cell: str, method_label: str, role: str = "cell",
               parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
-    """Create the run and log the resolved config as params plus the short cell params."""
+    """Create the run and log the resolved config as params plus the short cell params.
+
+    `method_label` is the `method` param the report groups by (`orchestrator.methods.method_label`: the
+    registry knows which methods reverse and how a grid's variant reads).
+    """
     client = retrying_client(uri)
     all_tags = {"role": role, "cell": cell, "protocol": config.name, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id, run_name=cell, tags=all_tags)
-    log_params(uri, run.info.run_id, config)
+    log_params(uri, run.info.run_id, config, method_label)
     return run.info.run_id
 
 
-def log_params(uri: str, run_id: str, config: Config) -> None:
+def log_params(uri: str, run_id: str, config: Config, method_label: str) -> None:
     flat = flatten(config)
     params = {key: flat[dotted] for key, dotted in CELL_PARAMS.items()}
-    from orchestrator.methods import method_label  # the registry knows which methods reverse
-
-    params["method"] = method_label(config)
+    params["method"] = method_label
     params.update(flat)
     batch = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
     client = retrying_client(uri)
     for start in range(0, len(batch), 90):
         client.log_batch(run_id, params=batch[start:start + 90])
+
+
+class ParamsRefused(Exception):
+    """MLflow refused a run's params: the run already holds one of them with another value."""
+
+
+def log_params_and_tags(uri: str, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+    """Params and tags in one call; ParamsRefused (MLflow's words) when a param would change."""
+    try:
+        retrying_client(uri).log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                                       tags=[RunTag(k, v) for k, v in tags.items()])
+    except MlflowException as exc:
+        raise ParamsRefused(str(exc)) from exc
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:

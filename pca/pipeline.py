@@ -28,7 +28,7 @@ from orchestrator.data.select import INDEXED_FEATURES, arrow_column, class_id_ar
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.method_spec import require_ipc, with_index
 from pca.combine import combine_per_class, tile_images
-from pca.methods import Selection, select_rows
+from pca.pruning import Selection, select_rows
 from pca.select import easy_first
 
 NO_PRUNED_IMAGE = "a pruned image has no data: reload the training set (its bytes must be embedded)"

@@ -275,9 +275,8 @@ def compare_first_step(args: argparse.Namespace) -> dict:
 
 
 def our_top1(args: argparse.Namespace, seed: int) -> float:
-    from mlflow import MlflowClient
-
     from orchestrator.rethinkdc_cli import main
+    from orchestrator.store_retry import retrying_client
 
     out_dir = Path(args.out) / "ours"
     code = main([str(args.train), "--hard", "--val-dir", str(args.val), "--epochs", str(args.train_epochs),
@@ -285,7 +284,7 @@ def our_top1(args: argparse.Namespace, seed: int) -> float:
                  "--set", "eval.every=50", "--set", "train.threads=0"])
     if code:
         raise SystemExit(f"our cell failed (exit {code})")
-    client = MlflowClient(f"sqlite:///{out_dir / 'mlflow.db'}")
+    client = retrying_client(f"sqlite:///{out_dir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("imagenet-hard").experiment_id
     run = client.search_runs([experiment], filter_string=f"params.seed = '{seed}' and "
                              f"params.`schedule.epochs` = '{args.train_epochs}'")[0]

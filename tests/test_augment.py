@@ -7,7 +7,8 @@ import pytest
 import torch
 from torchvision.transforms import RandomResizedCrop
 
-from trainers.augment import crop_params, eval_views, to_uint8_nhwc, train_views
+from orchestrator.image_views import eval_views, to_uint8_nhwc
+from trainers.augment import crop_params, train_views
 
 MEAN, STD = [0.5], [0.25]
 

@@ -21,6 +21,7 @@ import pytest
 from orchestrator import tracking
 from orchestrator.config import load_config
 from orchestrator.errors import StoreBusyError
+from orchestrator.methods import method_label
 from orchestrator.store_retry import WINDOW_ENV, retry_busy, retrying_client
 from tests_paths import REPO
 from trainers.loop import History, MetricLogger, build_training_state, save_state
@@ -52,7 +53,7 @@ def test_tracking_calls_wait_for_a_locked_store_and_go_on(tmp_path, capfd):
     locker = lock_store(db, 10)
     started = time.monotonic()
     experiment_id = tracking.ensure_experiment(uri, "busy", tmp_path)
-    run_id = tracking.start_run(uri, experiment_id, config, cell="busy-cell")
+    run_id = tracking.start_run(uri, experiment_id, config, cell="busy-cell", method_label=method_label(config))
     waited = time.monotonic() - started
     tracking.log_metrics(uri, run_id, {"val/top1_final": 50.0})
     tracking.terminate(uri, run_id)
@@ -120,8 +121,9 @@ def test_a_cell_started_on_a_locked_store_exits_with_one_line(tmp_path):
 
 def test_a_flush_on_a_locked_store_keeps_the_epochs_and_training_goes_on(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_id = tracking.start_run(uri, tracking.ensure_experiment(uri, "busy", tmp_path), protocol(tmp_path),
-                                cell="busy-cell")
+    config = protocol(tmp_path)
+    run_id = tracking.start_run(uri, tracking.ensure_experiment(uri, "busy", tmp_path), config,
+                                cell="busy-cell", method_label=method_label(config))
     loop_config = {"mlflow_uri": uri, "run_id": run_id, "cell": "busy-cell"}
     logger, history = MetricLogger(loop_config, rank=0), History()
     metrics = {"train/loss": 1.0, "train/images_per_s": 10.0}

@@ -25,7 +25,7 @@ from orchestrator.teacher_job import missing_runs, train_teacher
 from orchestrator.teachers import artifact_key, dynamics_dir, dynamics_key, resolve_teacher, teacher_key, \
     teacher_path, teacher_training_config
 from orchestrator.tracking import tracking_uri
-from pca.methods import load_scores
+from pca.pruning import load_scores
 from trainers.dynamics import verify_manifest
 from trainers.models import create_student, save_teacher, teacher_meta
 

@@ -24,8 +24,9 @@ from orchestrator.method_spec import load_train_source, with_index
 from orchestrator.methods import METHODS, method_fn, needs_dynamics
 from orchestrator.teachers import artifact_key, dynamics_dir, dynamics_dirs, dynamics_key
 from pca.combine import tile_boxes
-from pca.methods import load_scores, prune_selection, scores_cache_path, subset_manifest
+from pca.methods import subset_manifest
 from pca.pipeline import pca_selection, pca_subset
+from pca.pruning import load_scores, prune_selection, scores_cache_path
 from pca.scores import compute_scores
 from trainers.dynamics import DynamicsWriter, epoch_file, write_manifest
 

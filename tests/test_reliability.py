@@ -79,3 +79,19 @@ def test_report_without_output_dir_finds_where_the_experiment_was_written(capsys
     assert code == 2 and "'far-sweep' has no FINISHED runs" in text  # found it: nothing finished there yet
     code, text = run_cli(capsys, "report", "--experiment", "nowhere", "--no-log")
     assert code == 2 and f"'nowhere' not found in {tmp_path / 'outputs'}" in text and "--output-dir" in text
+
+
+def test_a_resumed_run_whose_dynamics_changed_is_refused(tmp_path):
+    """MLflow refuses a param logged again with another value; the cell says which keys and how to go on."""
+    from orchestrator import tracking
+    from orchestrator.config import replace
+    from orchestrator.teachers import record_artifact_keys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(HARD, {"output_dir": str(tmp_path)})
+    run_id = tracking.create_run(uri, ensure_experiment(uri, "keys", tmp_path), run_name="cell", tags={"role": "cell"})
+    record_artifact_keys(uri, run_id, config, None, True)
+    record_artifact_keys(uri, run_id, config, None, True)  # the same keys: a resume goes on
+    changed = replace(config, {"teacher.epochs": config.teacher.epochs + 1})
+    with pytest.raises(ConfigError, match="other teacher/dynamics keys .* rerun the cell with --force"):
+        record_artifact_keys(uri, run_id, changed, None, True)

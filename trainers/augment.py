@@ -1,9 +1,9 @@
-"""Train and eval views of uint8 image batches: pure functions run inside the data iterator's collate_fn.
+"""Training views of uint8 image batches: pure functions run inside the data iterator's collate_fn.
 
 Owns the protocol's augmentation (docs/protocol.md §Evaluation protocol): RandomResizedCrop + horizontal flip +
-normalisation for training, resize + center crop + normalisation for validation. A training
-view depends only on (seed, epoch, sample key): each sample draws its crop and flip from
-``np.random.default_rng([seed, epoch, key])``, never from batch position or order.
+normalisation. The validation views (resize + center crop + normalisation) are `orchestrator.image_views`, which
+the data pipeline makes them with. A training view depends only on (seed, epoch, sample key): each sample draws
+its crop and flip from ``np.random.default_rng([seed, epoch, key])``, never from batch position or order.
 """
 
 from __future__ import annotations
@@ -16,31 +16,11 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.transforms import InterpolationMode
 
+from orchestrator.image_views import check_stats, to_float_nchw
+
 CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
 # Uniform draws per sample: CROP_TRIES areas, CROP_TRIES log-ratios, crop top, crop left, flip coin.
 DRAWS_PER_SAMPLE = 2 * CROP_TRIES + 3
-
-
-def to_uint8_nhwc(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """A contiguous uint8 NHWC array from uint8 NHWC or NHW (grayscale) images."""
-    array = np.asarray(images)
-    if array.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {array.dtype}")
-    if array.ndim == 3:
-        array = array[..., None]
-    if array.ndim != 4 or array.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be NHWC with 1 or 3 channels (or NHW), got shape {array.shape}")
-    return np.ascontiguousarray(array)
-
-
-def _to_float_nchw(images: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW in [0, 1]."""
-    return torch.from_numpy(to_uint8_nhwc(images)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _check_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> None:
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {channels}-channel images")
 
 
 def sample_uniforms(keys: np.ndarray, *, epoch: int, seed: int) -> np.ndarray:
@@ -113,9 +93,9 @@ def train_views(
     ``images`` uint8 NHWC (or NHW); ``keys`` stable per-sample ids (non-negative int64). Sample k's
     view depends only on (seed, epoch, keys[k]).
     """
-    pixels = _to_float_nchw(images)
+    pixels = to_float_nchw(images)
     count, channels, height, width = pixels.shape
-    _check_stats(mean, std, channels)
+    check_stats(mean, std, channels)
     if len(keys) != count:
         raise ValueError(f"{count} images but {len(keys)} keys")
     uniforms = sample_uniforms(keys, epoch=epoch, seed=seed)
@@ -129,22 +109,3 @@ def train_views(
     flip = torch.from_numpy(uniforms[:, -1] < hflip)
     views[flip] = F.hflip(views[flip])
     return F.normalize(views, list(mean), list(std), inplace=True)
-
-
-def eval_views(
-    images: np.ndarray,
-    *,
-    resize: int,
-    crop: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> torch.Tensor:
-    """Float32 NCHW validation views: shorter side -> ``resize`` (skipped if equal), center crop, normalise."""
-    if crop > resize:
-        raise ValueError(f"center crop {crop} is larger than the resized image {resize}")
-    pixels = _to_float_nchw(images)
-    _check_stats(mean, std, pixels.shape[1])
-    if min(pixels.shape[-2:]) != resize:
-        pixels = F.resize(pixels, [resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    pixels = F.center_crop(pixels, [crop, crop]).contiguous()
-    return F.normalize(pixels, list(mean), list(std), inplace=True)

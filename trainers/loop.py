@@ -25,7 +25,6 @@ import torch
 
 import trainers.models  # noqa: F401  (registers convnet3 / resnet18_small in timm)
 from orchestrator.config import Config, config_from_dict, replace
-from orchestrator.data.pipeline import val_batches
 from orchestrator.errors import StoreBusyError
 from orchestrator.store_retry import retrying_client, store_busy_now, store_name
 from trainers.batches import MemoryBatches, augment_settings, chunk_slices, stream_steps
@@ -290,7 +289,8 @@ def validation_batches(loop_config: dict, config: Config, where):
     arrays_ref = loop_config.get("val_arrays")
     if arrays_ref is None:
         shard = where.dataset_shard("val")
-        return lambda: ((b["image"], b["label"]) for b in val_batches(shard, batch_size=size))
+        return lambda: ((b["image"], b["label"])
+                        for b in shard.iter_torch_batches(batch_size=size, drop_last=False))
     arrays = received(arrays_ref)
     images, labels = torch.from_numpy(np.array(arrays["image"])), torch.from_numpy(np.array(arrays["label"]))
     return lambda: ((images[i:i + size], labels[i:i + size]) for i in range(0, len(labels), size))

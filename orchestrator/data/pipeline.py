@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -54,7 +54,7 @@ def decode_train_batch(batch: dict, mode: str, size: int) -> dict:
 
 
 def decode_val_batch(batch: dict, mode: str, resize: int, crop: int, mean, std) -> dict:
-    from trainers.augment import eval_views
+    from orchestrator.image_views import eval_views
 
     views = [eval_views(as_hwc(decode_cell(cell, mode))[None], resize=resize, crop=crop, mean=mean, std=std)
              for cell in batch["image"]]
@@ -175,7 +175,3 @@ def validation_arrays(path: Path, *, mode: str, num_rows: int, resize: int, crop
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
-
-
-def val_batches(shard, *, batch_size: int) -> Iterator[dict]:
-    return shard.iter_torch_batches(batch_size=batch_size, drop_last=False)
