@@ -40,6 +40,7 @@ from orchestrator.errors import ConfigError, DataError
 from orchestrator.locks import file_lock
 from orchestrator.method_spec import describe_method, require_ipc
 from orchestrator.teachers import resolve_teacher, teacher_key
+from trainers import metric_names as names
 
 DISTILL_NAMES = ("sre2l", "cda", "gvbsm", "lpld", "rded", "dwa")
 DISTILL_VERSION = 1
@@ -364,7 +365,8 @@ def _distill_method(name: str):
 def generation_cost(config: Config) -> dict[str, float]:
     """The cell's distilled set's cost from its manifest: seconds to generate it and images made."""
     manifest = read_manifest(distilled_dir(config, config.data.method, require_ipc(config)))
-    return {"distill/generation_s": manifest["generation_seconds"], "distill/generation_images": manifest["images"]}
+    return {names.DISTILL_GENERATION_S: manifest["generation_seconds"],
+            names.DISTILL_GENERATION_IMAGES: manifest["images"]}
 
 
 def _teachers(name: str):

@@ -25,6 +25,7 @@ from typing import Any
 from orchestrator.config import (Config, anchor_paths, apply_overrides, cell_name, config_from_dict, read_yaml,
                                  read_yaml_file, unknown_key_message)
 from orchestrator.errors import ConfigError
+from trainers.metric_names import VAL_TOP1
 
 AXES = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode", "model": "model.name",
         "seed": "seed"}
@@ -39,7 +40,7 @@ SPACE_KINDS = {"choice", "grid", "uniform", "loguniform", "randint"}
 class Search:
     algorithm: str = "grid"
     num_samples: int = 1
-    metric: str = "val/top1"
+    metric: str = VAL_TOP1  # the epoch metric Tune (and ASHA) compare trials by
     mode: str = "max"
     space: dict = field(default_factory=dict)
     scheduler: dict | None = None
