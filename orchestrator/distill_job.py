@@ -38,7 +38,7 @@ from orchestrator.data.select import BENCHMARK_FEATURES, class_id_array, fingerp
 from orchestrator.data.sources import dataset_from_table, load_source
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.locks import file_lock
-from orchestrator.method_spec import describe_method, require_ipc
+from orchestrator.method_spec import MethodSpec, keeps_every_label, require_ipc
 from orchestrator.teachers import resolve_teacher, teacher_key
 from trainers import metric_names as names
 
@@ -378,9 +378,8 @@ def lpld_label_ratio(config: Config) -> float:
     return config.distill.label_keep_ratio
 
 
-DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=_teachers(name),
-                                         generation_cost=generation_cost,
-                                         soft_label_ratio=lpld_label_ratio if name == "lpld" else None)
+DISTILL_METHODS = {name: MethodSpec(_distill_method(name), teachers=_teachers(name), generation_cost=generation_cost,
+                                    soft_label_ratio=lpld_label_ratio if name == "lpld" else keeps_every_label)
                    for name in DISTILL_NAMES}
 
 

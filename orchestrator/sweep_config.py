@@ -85,11 +85,11 @@ def check_cells(cells: list[Config]) -> None:
     """Every cell's method exists and takes its settings, before the first cell trains (and in `--dry-run`);
     normalisation notes."""
     from orchestrator.data.sources import normalisation_warning
-    from orchestrator.methods import method_fn
+    from orchestrator.methods import method_for
 
     for config in cells:
         try:
-            method_fn(config).check(config)
+            method_for(config).check(config)
         except ConfigError as exc:
             raise ConfigError(f"cell {cell_name(config)}: {exc}") from exc
     for warning in dict.fromkeys(filter(None, map(normalisation_warning, cells))):

@@ -33,7 +33,7 @@ from orchestrator.config import Config
 from orchestrator.data.select import arrow_column, class_id_array, fingerprint
 from orchestrator.errors import DataError
 from orchestrator.files import atomic_path
-from orchestrator.method_spec import describe_method, require_ipc, source_spec, with_index
+from orchestrator.method_spec import MethodSpec, require_ipc, source_spec, with_index
 from orchestrator.teachers import artifact_key, dynamics_dirs, dynamics_key
 from pca.scores import SCORE_COLUMNS, compute_scores
 from pca.select import RULES, easy_first, select
@@ -285,6 +285,6 @@ def check_pca(config: Config) -> None:
 
 # What pca/ contributes to the registry (orchestrator.methods.METHODS).
 PRUNE_METHODS = {
-    **{rule: describe_method(_rule_method(rule), needs_dynamics=True, reversible=True) for rule in PRUNING_RULES},
-    "pca": describe_method(method_pca, needs_dynamics=True, tile_grid=pca_tiles, check=check_pca),
+    **{rule: MethodSpec(_rule_method(rule), needs_dynamics=True, reversible=True) for rule in PRUNING_RULES},
+    "pca": MethodSpec(method_pca, needs_dynamics=True, tile_grid=pca_tiles, check=check_pca),
 }
