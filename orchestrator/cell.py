@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import tracking
-from orchestrator.config import Config, cell_name, to_dict
+from orchestrator.config import Config, cell_name
 from orchestrator.data.pipeline import (train_dataset, train_decodes_here, training_arrays, val_dataset,
                                          val_decodes_here, validation_arrays)
 from orchestrator.data.select import preview_rows
@@ -31,6 +31,8 @@ from orchestrator.methods import (PreparedSet, build_training_set, build_val_set
 from orchestrator.runtime import init_ray, use_gpu
 from orchestrator.teachers import record_artifact_keys, resolve_teacher
 from orchestrator.waiting import controller_failure_limit, say_what_it_waits_for
+from trainers import metric_names as names
+from trainers.loop_inputs import LoopInputs
 from trainers.reporting import latest_checkpoint
 
 
@@ -122,15 +124,14 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
     resources = {"CPU": config.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(config), "num_classes": data.num_classes, "teacher": teacher,
-                           "mlflow_uri": uri, "run_id": run_id, "cell": name,
-                           "dynamics_dir": str(dynamics_dir) if dynamics_dir else None,
-                           "train_arrays": hand_over(train_arrays, in_process),
-                           "val_arrays": hand_over(val_arrays, in_process),
-                           "local_run_dir": str(storage / name) if in_process else None,
-                           "local_datasets": datasets if in_process else None,
-                           "tune_report": tune_report, "use_gpu": gpu, "tile_grid": tile_grid(config),
-                           "speed_dir": str(config.data_root / "speed"), "label_ratio": soft_label_ratio(config)},
+        train_loop_config=LoopInputs(
+            config, data.num_classes, teacher=teacher, mlflow_uri=uri, run_id=run_id, cell=name,
+            dynamics_dir=str(dynamics_dir) if dynamics_dir else None,
+            train_arrays=hand_over(train_arrays, in_process), val_arrays=hand_over(val_arrays, in_process),
+            local_run_dir=str(storage / name) if in_process else None,
+            local_datasets=datasets if in_process else None, tune_report=tune_report, use_gpu=gpu,
+            tile_grid=tile_grid(config), speed_dir=str(config.data_root / "speed"),
+            label_ratio=soft_label_ratio(config)).to_loop_config(),
         scaling_config=ScalingConfig(num_workers=config.train.workers, use_gpu=gpu,
                                      resources_per_worker=None if in_process else resources),
         run_config=RunConfig(name=name, storage_path=str(storage),
@@ -251,12 +252,12 @@ def finish(config: Config, data: CellData, uri: str, run_id: str, summary: dict)
     """Final metrics, storage and generation figures, artifacts (resolved YAML, per-class accuracy)."""
     soft_bytes = soft_label_bytes(config, data.train.num_rows, data.num_classes)
     tracking.log_metrics(uri, run_id, {
-        "val/top1_final": summary["top1_final"], "val/top5_final": summary["top5_final"],
-        "val/top1_best": summary["top1_best"], "val/top5_best": summary["top5_best"],
-        "val/best_epoch": summary["best_epoch"], "time/train_s": summary["train_seconds"],
-        "time/wall_s": summary["wall_seconds"], "throughput/images_per_s": summary["images_per_s"],
-        "storage/image_bytes": data.train.image_bytes, "storage/soft_label_bytes": soft_bytes,
-        "data/num_images": data.train.num_rows, **generation_cost(config)}, step=summary["epochs_done"])
+        names.VAL_TOP1_FINAL: summary["top1_final"], names.VAL_TOP5_FINAL: summary["top5_final"],
+        names.VAL_TOP1_BEST: summary["top1_best"], names.VAL_TOP5_BEST: summary["top5_best"],
+        names.VAL_BEST_EPOCH: summary["best_epoch"], names.TIME_TRAIN_S: summary["train_seconds"],
+        names.TIME_WALL_S: summary["wall_seconds"], names.THROUGHPUT_IMAGES_PER_S: summary["images_per_s"],
+        names.STORAGE_IMAGE_BYTES: data.train.image_bytes, names.STORAGE_SOFT_LABEL_BYTES: soft_bytes,
+        names.DATA_NUM_IMAGES: data.train.num_rows, **generation_cost(config)}, step=summary["epochs_done"])
     tracking.log_config_artifact(uri, run_id, config)
     tracking.log_text_artifacts(uri, run_id, {"per_class_accuracy.csv": per_class_csv(data, summary),
                                               "summary.json": json.dumps(summary, indent=2)})
@@ -288,6 +289,7 @@ def per_class_csv(data: CellData, summary: dict) -> str:
 
 def finished_summary(run) -> dict:
     metrics = run.data.metrics
-    return {"top1_final": metrics.get("val/top1_final"), "top1_best": metrics.get("val/top1_best"),
-            "top5_final": metrics.get("val/top5_final"), "top5_best": metrics.get("val/top5_best"),
-            "train_seconds": metrics.get("time/train_s"), "images_per_s": metrics.get("throughput/images_per_s")}
+    return {"top1_final": metrics.get(names.VAL_TOP1_FINAL), "top1_best": metrics.get(names.VAL_TOP1_BEST),
+            "top5_final": metrics.get(names.VAL_TOP5_FINAL), "top5_best": metrics.get(names.VAL_TOP5_BEST),
+            "train_seconds": metrics.get(names.TIME_TRAIN_S),
+            "images_per_s": metrics.get(names.THROUGHPUT_IMAGES_PER_S)}

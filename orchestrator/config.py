@@ -4,6 +4,10 @@ A protocol file is YAML whose sections mirror the dataclasses below. A file may 
 file (relative to itself) whose values it overrides. Command-line overrides use one form,
 `section.key=value` (the value parsed as YAML), and always beat the files. Unknown keys are an
 error that names the closest valid key.
+
+What validation and the cell hash need to know about a key sits on its field: a `Literal` type
+lists its choices, and `setting(...)` marks it positive, run-only (not hashed) or late (hashed only
+away from its default).
 """
 
 from __future__ import annotations
@@ -14,14 +18,31 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
 
 import yaml
 
 from orchestrator.errors import ConfigError, did_you_mean
 
 NONE_STRINGS = {"none", "null", "~", ""}
+
+# Marks a field's metadata may carry (set only through `setting`).
+POSITIVE = "positive"  # must be >= 1
+RUN_ONLY = "run_only"  # where or how a cell runs, not what it computes: left out of its hash
+LATE = "late"  # added after cells were recorded: hashed only when set away from its default, so the cells
+# recorded before it keep their names and hashes (changing such a default needs a new key)
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, positive: bool = False,
+            run_only: bool = False, late: bool = False) -> Any:
+    """A config field with its marks (POSITIVE, RUN_ONLY, LATE) in its metadata."""
+    marks = {POSITIVE: positive, RUN_ONLY: run_only, LATE: late}
+    return field(default=default, default_factory=factory, metadata={mark: True for mark, on in marks.items() if on})
+
+
+Precision = Literal["fp32", "bf16", "auto"]  # bf16: autocast; auto: bf16 where the device computes it natively
 
 
 @dataclass(frozen=True)
@@ -36,19 +57,19 @@ class DataConfig:
     ipc: int | None = 10  # images per class; None keeps every image
     source_template: str | None = None  # e.g. "he-yang/2025-rethinkdc-imagenet-{method}-ipc-{ipc}"
     hub_methods: list[str] | None = None  # methods the template provides; None = all but full
-    image_size: int = 28  # storage resolution of every image
-    mode: str = "L"  # "L" (grey) or "RGB"
+    image_size: int = setting(28, positive=True)  # storage resolution of every image
+    mode: Literal["L", "RGB"] = "L"  # grey or colour
     classes: list[str] | None = None  # explicit class list, index = class id
     mean: tuple[float, ...] = (0.2860,)
     std: tuple[float, ...] = (0.3530,)
-    root: str = "data"  # prepared datasets and subset cache, relative to output_dir
-    check_images: bool = True  # decode every training image of a user-given dataset before training
+    root: str = setting("data", run_only=True)  # prepared datasets and subset cache, relative to output_dir
+    check_images: bool = setting(True, run_only=True)  # decode every image of a user-given dataset before training
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "convnet3"
-    input_size: int = 28  # training crop size fed to the student
+    input_size: int = setting(28, positive=True)  # training crop size fed to the student
 
 
 @dataclass(frozen=True)
@@ -59,15 +80,15 @@ class TeacherConfig:
     source: str = "auto"
     model: str = "convnet3"  # architecture `orchestrator teacher` trains
     temperature: float = 20.0
-    epochs: int = 6  # how long `orchestrator teacher` trains it on the full training set
-    batch_size: int = 256
+    epochs: int = setting(6, positive=True)  # how long `orchestrator teacher` trains it on the full training set
+    batch_size: int = setting(256, positive=True)
     crop_scale: tuple[float, float] = (0.35, 1.0)  # its RandomResizedCrop: a teacher should be accurate
     seed: int = 0  # the teacher run's seed (score run r uses seed + r); shared by every cell seed
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adamw"
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
     momentum: float = 0.9
@@ -75,7 +96,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    epochs: int = 300
+    epochs: int = setting(300, positive=True)
     warmup_epochs: int = 0
 
 
@@ -88,7 +109,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class MixConfig:
-    type: str = "none"  # none | mixup | cutmix | both
+    type: Literal["none", "mixup", "cutmix", "both"] = "none"
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
     prob: float = 1.0
@@ -97,31 +118,32 @@ class MixConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    resize: int = 28
-    crop: int = 28
-    batch_size: int = 512
-    every: int = 1  # evaluate every N epochs (and always after the last)
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | auto (bf16 where the device computes it natively)
+    resize: int = setting(28, positive=True)
+    crop: int = setting(28, positive=True)
+    batch_size: int = setting(512, positive=True, run_only=True)
+    every: int = setting(1, positive=True)  # evaluate every N epochs (and always after the last)
+    precision: Precision = "fp32"  # bf16: autocast; auto: bf16 where the device computes it natively
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 128
-    grad_accum: int = 1
+    batch_size: int = setting(128, positive=True)
+    grad_accum: int = setting(1, positive=True)
     workers: int = 1  # Ray Train workers (DDP); 0 = in the cell's own process (Ray Train local mode)
     cpus_per_worker: float = 1.0
     threads: int = 0  # torch threads per worker; 0 = Ray's default (the worker's CPU count)
     use_gpu: bool | None = None  # None = use CUDA when Ray sees a GPU
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 2
+    checkpoint_every: int = setting(10, positive=True, run_only=True)
+    keep_checkpoints: int = setting(2, positive=True, run_only=True)
     record_dynamics: bool = False  # write per-sample training dynamics (pruning scores)
     shuffle_buffer: int = 20000
-    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward and loss; weights and optimizer stay fp32) | auto
-    channels_last: bool | str = False  # NHWC memory format for the student's convolutions; auto: if calibrated faster
+    precision: Precision = "fp32"  # bf16: autocast of the forward and loss (weights and optimizer stay fp32)
+    # NHWC memory format for the student's convolutions; auto: if calibrated faster
+    channels_last: bool | Literal["auto"] = False
     # torch.compile the student (eager, with a warning, if it cannot); auto: if calibrated faster
-    compile: bool | str = False
+    compile: bool | Literal["auto"] = False
     # on CPU, forward/backward N views at a time where that keeps the gradient (no BatchNorm); 0 = whole batch
-    chunk: int = 0
+    chunk: int = setting(0, run_only=True)
 
 
 @dataclass(frozen=True)
@@ -132,18 +154,23 @@ class PruneConfig:
     teacher itself, run r uses seed teacher.seed + r).
     """
 
-    score_runs: int = 2  # independent runs whose scores are combined (Paul et al. 2021 average EL2N over runs)
-    el2n_epochs: int = 2  # EL2N averaged over the first N epochs of each run: early training (Paul et al.)
-    aum_margin: str = "logit"  # logit (Pleiss et al. 2020, mean) | probability (CCS's code, summed)
+    # independent runs whose scores are combined (Paul et al. 2021 average EL2N over runs)
+    score_runs: int = setting(2, positive=True)
+    # EL2N averaged over the first N epochs of each run: early training (Paul et al.)
+    el2n_epochs: int = setting(2, positive=True)
+    aum_margin: Literal["logit", "probability"] = "logit"  # Pleiss et al. 2020 (mean) | CCS's code (summed)
     mis_ratio: float | None = None  # ccs: hardest fraction dropped first; None follows the prune rate
-    strata: int = 50  # ccs: equal-width score strata
-    ccs_score: str = "aum"  # ccs: the score it stratifies (forgetting | el2n | aum)
-    ccs_scope: str = "global"  # ccs: drop and strata over the whole set (Zheng et al.) | per class
+    strata: int = setting(50, positive=True)  # ccs: equal-width score strata
+    ccs_score: Literal["forgetting", "el2n", "aum"] = "aum"  # ccs: the score it stratifies
+    # ccs: drop and strata over the whole set (Zheng et al.) or per class
+    ccs_scope: Literal["global", "class"] = "global"
     reverse: bool = False  # forgetting/el2n/aum: keep the easiest samples instead of the hardest
-    pca_grid: int = 2  # pca: grid x grid whole images tiled into one stored image
-    pca_views: str = "image"  # pca Augment: one view per stored image per epoch, one per "tile", or
-                              # "whole": no Augment step, crops over the whole combined image (ablation)
-    pca_rule: str = "el2n"  # pca: the rule whose easiest samples it keeps (random, ccs: their own choice)
+    pca_grid: int = setting(2, positive=True)  # pca: grid x grid whole images tiled into one stored image
+    # pca Augment: one view per stored image per epoch, one per "tile", or "whole": no Augment step,
+    # crops over the whole combined image (ablation)
+    pca_views: Literal["image", "tile", "whole"] = "image"
+    # pca: the rule whose easiest samples it keeps (random, ccs: their own choice)
+    pca_rule: Literal["forgetting", "el2n", "aum", "ccs", "random"] = "el2n"
 
 
 @dataclass(frozen=True)
@@ -156,40 +183,49 @@ class DistillConfig:
     """
 
     teacher_model: str = "convnet3_bn_w32"  # BN teacher (squeeze) for recover and RDED scoring
-    iterations: int = 200  # recover steps per batch (SRe2L/CDA: 1000 CIFAR, 4000 ImageNet script)
+    # recover steps per batch (SRe2L/CDA: 1000 CIFAR, 4000 ImageNet script)
+    iterations: int = setting(200, positive=True)
     lr: float = 0.25  # Adam on the pixels, betas (0.5, 0.9), cosine to 0 (SRe2L scripts: 0.25)
     r_bn: float = 0.1  # BatchNorm-statistics loss weight (SRe2L ImageNet 0.01, CDA up to 0.25; 3 small BN layers here)
     first_bn_multiplier: float = 10.0  # extra weight on the first BN layer (SRe2L default)
     jitter: int = 4  # random roll of up to N px per step (SRe2L: 32 at 224 px, 4 at 32 px)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # recover RandomResizedCrop scale (CDA: lower bound anneals)
-    batch: int = 100  # images optimised together (SRe2L --batch-size 100)
-    cda_mode: str = "cosine"  # CDA curriculum of the crop's lower bound: step | linear | cosine
+    batch: int = setting(100, positive=True)  # images optimised together (SRe2L --batch-size 100)
+    cda_mode: Literal["step", "linear", "cosine"] = "cosine"  # CDA curriculum of the crop's lower bound
     cda_milestone: float = 1.0  # fraction of the iterations over which it anneals from 1 to crop_scale[0]
-    rded_grid: int = 2  # RDED factor: grid x grid patches per stored image
-    rded_candidates: int = 5  # RDED --num-crop: random crops scored per real image (best one kept)
-    rded_pool: int = 300  # RDED --mipc: real images drawn per class as candidates
-    stats_pool: int = 1000  # real images per class whose statistics G-VBSM (conv) and LPLD (class BN) match
+    rded_grid: int = setting(2, positive=True)  # RDED factor: grid x grid patches per stored image
+    # RDED --num-crop: random crops scored per real image (best one kept)
+    rded_candidates: int = setting(5, positive=True)
+    rded_pool: int = setting(300, positive=True)  # RDED --mipc: real images drawn per class as candidates
+    # real images per class whose statistics G-VBSM (conv) and LPLD (class BN) match
+    stats_pool: int = setting(1000, positive=True, late=True)
     # backbones, in turn
-    gvbsm_teachers: list[str] = field(default_factory=lambda: ["convnet3_bn_w32", "convnet4_bn_w32"])
-    gvbsm_lr: float = 0.05  # G-VBSM CIFAR-10 recover.sh --lr 0.05
-    gvbsm_momentum: float = 0.8  # alpha of the moving statistics (G-VBSM CIFAR --training-momentum default)
-    gvbsm_drop_rate: float = 0.4  # beta_dr: chance a conv term is dropped per step (G-VBSM CIFAR default)
-    gvbsm_nuc_norm: float = 1.0  # weight of the eigenvalue diversity term (recover.sh --nuc-norm 1.)
-    gvbsm_tau: float = 4.0  # its temperature (--tau default)
-    label_keep_ratio: float = 0.025  # LPLD soft cells: fraction of the soft-label pool kept (paper's 40x)
-    dwa_rho: float = 0.015  # DWA --rho 15e-3: radius of the directed weight adjustment
-    dwa_steps: int = 12  # DWA --steps 12 (CIFAR, Tiny-ImageNet): adjustment steps of rho / steps
-    dwa_r_var: float = 11.0  # DWA --r-var 11 (CIFAR): weight of the BN variance term
+    gvbsm_teachers: list[str] = setting(factory=lambda: ["convnet3_bn_w32", "convnet4_bn_w32"], late=True)
+    gvbsm_lr: float = setting(0.05, late=True)  # G-VBSM CIFAR-10 recover.sh --lr 0.05
+    # alpha of the moving statistics (G-VBSM CIFAR --training-momentum default)
+    gvbsm_momentum: float = setting(0.8, late=True)
+    # beta_dr: chance a conv term is dropped per step (G-VBSM CIFAR default)
+    gvbsm_drop_rate: float = setting(0.4, late=True)
+    # weight of the eigenvalue diversity term (recover.sh --nuc-norm 1.)
+    gvbsm_nuc_norm: float = setting(1.0, late=True)
+    gvbsm_tau: float = setting(4.0, late=True)  # its temperature (--tau default)
+    # LPLD soft cells: fraction of the soft-label pool kept (paper's 40x)
+    label_keep_ratio: float = setting(0.025, late=True)
+    dwa_rho: float = setting(0.015, late=True)  # DWA --rho 15e-3: radius of the directed weight adjustment
+    # DWA --steps 12 (CIFAR, Tiny-ImageNet): adjustment steps of rho / steps
+    dwa_steps: int = setting(12, positive=True, late=True)
+    dwa_r_var: float = setting(11.0, late=True)  # DWA --r-var 11 (CIFAR): weight of the BN variance term
 
 
 @dataclass(frozen=True)
 class Config:
     name: str = "custom"
-    label_mode: str = "hard"  # hard | soft
+    label_mode: Literal["hard", "soft"] = "hard"
     seed: int = 0
-    output_dir: str = "outputs"
-    experiment: str | None = None  # MLflow experiment; defaults to the protocol name
-    variant: str | None = None  # a name for what a sweep grid changes (its `set:`), shown beside the method in tables
+    output_dir: str = setting("outputs", run_only=True)
+    experiment: str | None = setting(None, run_only=True)  # MLflow experiment; defaults to the protocol name
+    # a name for what a sweep grid changes (its `set:`), shown beside the method in tables
+    variant: str | None = setting(None, run_only=True)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -218,30 +254,6 @@ class Config:
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.name
-
-
-CHOICES = {
-    "label_mode": {"hard", "soft"},
-    "data.mode": {"L", "RGB"},
-    "optim.name": {"adamw", "sgd"},
-    "mix.type": {"none", "mixup", "cutmix", "both"},
-    "prune.ccs_score": {"forgetting", "el2n", "aum"},
-    "prune.pca_rule": {"forgetting", "el2n", "aum", "ccs", "random"},
-    "prune.pca_views": {"image", "tile", "whole"},
-    "prune.aum_margin": {"logit", "probability"},
-    "prune.ccs_scope": {"global", "class"},
-    "distill.cda_mode": {"step", "linear", "cosine"},
-    "train.precision": {"fp32", "bf16", "auto"},
-    "eval.precision": {"fp32", "bf16", "auto"},
-    "train.channels_last": {False, True, "auto"},
-    "train.compile": {False, True, "auto"},
-}
-POSITIVE = ["schedule.epochs", "teacher.epochs", "teacher.batch_size", "train.batch_size", "train.grad_accum",
-            "train.checkpoint_every",
-            "data.image_size", "model.input_size", "eval.resize", "eval.crop", "eval.batch_size",
-            "eval.every", "train.keep_checkpoints", "prune.el2n_epochs", "prune.strata", "prune.pca_grid",
-            "prune.score_runs", "distill.iterations", "distill.batch", "distill.rded_grid",
-            "distill.rded_candidates", "distill.rded_pool", "distill.stats_pool", "distill.dwa_steps"]
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -398,6 +410,8 @@ def coerce(hint: Any, value: Any, key: str) -> Any:
 
 
 def coerce_scalar(hint: Any, value: Any, key: str) -> Any:
+    if typing.get_origin(hint) is Literal:  # read as the choices' type; `validate` checks the choice
+        return coerce_scalar(type(typing.get_args(hint)[0]), value, key)
     if hint is Any:
         return value
     if hint is bool:
@@ -416,12 +430,43 @@ def coerce_scalar(hint: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"'{key}' must be {hint.__name__}, got {value!r}")
 
 
+def leaf_fields(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, type hint) of every setting, the sections' settings included."""
+    hints = typing.get_type_hints(cls)
+    for spec in fields(cls):
+        if is_dataclass(hints[spec.name]):
+            yield from leaf_fields(hints[spec.name], f"{prefix}{spec.name}.")
+        else:
+            yield prefix + spec.name, spec, hints[spec.name]
+
+
+@cache
+def field_marks() -> dict[str, frozenset[str]]:
+    """dotted key -> the marks `setting` put on its field (POSITIVE, RUN_ONLY, LATE)."""
+    return {key: frozenset(spec.metadata) for key, spec, _hint in leaf_fields()}
+
+
+@cache
+def field_choices() -> dict[str, set]:
+    """dotted key -> the values its `Literal` type allows (True and False too for `bool | Literal[...]`)."""
+    return {key: allowed for key, _spec, hint in leaf_fields() if (allowed := literal_choices(hint))}
+
+
+def literal_choices(hint: Any) -> set:
+    """The values a `Literal` hint (or a union of Literals and bool) allows; empty for any other type."""
+    if typing.get_origin(hint) is Literal:
+        return set(typing.get_args(hint))
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    allowed = set().union(*(literal_choices(option) for option in options))
+    return allowed | {False, True} if allowed and bool in options else allowed
+
+
 def validate(config: Config) -> None:
     flat = flatten(config)
-    for key, allowed in CHOICES.items():
+    for key, allowed in field_choices().items():
         if flat[key] not in allowed:
             raise ConfigError(f"'{key}' is {flat[key]!r}: choose one of {sorted(allowed, key=str)}")
-    for key in POSITIVE:
+    for key in (key for key, marks in field_marks().items() if POSITIVE in marks):
         if flat[key] < 1:
             raise ConfigError(f"'{key}' must be >= 1, got {flat[key]}")
     if config.data.ipc is not None and config.data.ipc < 1:
@@ -486,22 +531,11 @@ def anchor_paths(config: Config) -> Config:
     return replace(config, overrides)
 
 
-RUN_ONLY_KEYS = {"output_dir", "experiment", "variant", "data.root", "train.checkpoint_every",
-                 "train.keep_checkpoints", "data.check_images", "eval.batch_size", "train.chunk"}
-
-
-# Keys added after cells were recorded: hashed only when set away from their default, so the cells
-# recorded before them keep their names and hashes (changing one of these defaults needs a new key).
-LATE_KEYS = {"distill.stats_pool", "distill.gvbsm_teachers", "distill.gvbsm_lr", "distill.gvbsm_momentum",
-             "distill.gvbsm_drop_rate", "distill.gvbsm_nuc_norm", "distill.gvbsm_tau", "distill.label_keep_ratio",
-             "distill.dwa_rho", "distill.dwa_steps", "distill.dwa_r_var"}
-
-
 def config_hash(config: Config) -> str:
     """Hash of every value that can change a cell's result (not where it is stored)."""
-    defaults = flatten(Config())
+    defaults, marks = flatten(Config()), field_marks()
     flat = {k: v for k, v in flatten(config).items()
-            if k not in RUN_ONLY_KEYS and not (k in LATE_KEYS and v == defaults[k])}
+            if RUN_ONLY not in marks[k] and not (LATE in marks[k] and v == defaults[k])}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -39,8 +39,9 @@ from orchestrator.data.select import INDEXED_FEATURES, class_id_array, fingerpri
 from orchestrator.data.sources import dataset_from_table, load_source
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.locks import file_lock
-from orchestrator.method_spec import describe_method, require_ipc
+from orchestrator.method_spec import MethodSpec, keeps_every_label, require_ipc
 from orchestrator.teachers import resolve_teacher, teacher_key
+from trainers import metric_names as names
 
 DISTILL_NAMES = ("sre2l", "cda", "gvbsm", "lpld", "rded", "dwa")
 DISTILL_VERSION = 1
@@ -355,7 +356,8 @@ def _distill_method(name: str):
 def generation_cost(config: Config) -> dict[str, float]:
     """The cell's distilled set's cost from its manifest: seconds to generate it and images made."""
     manifest = read_manifest(distilled_dir(config, config.data.method, require_ipc(config)))
-    return {"distill/generation_s": manifest["generation_seconds"], "distill/generation_images": manifest["images"]}
+    return {names.DISTILL_GENERATION_S: manifest["generation_seconds"],
+            names.DISTILL_GENERATION_IMAGES: manifest["images"]}
 
 
 def _teachers(name: str):
@@ -367,9 +369,8 @@ def lpld_label_ratio(config: Config) -> float:
     return config.distill.label_keep_ratio
 
 
-DISTILL_METHODS = {name: describe_method(_distill_method(name), teachers=_teachers(name),
-                                         generation_cost=generation_cost,
-                                         soft_label_ratio=lpld_label_ratio if name == "lpld" else None)
+DISTILL_METHODS = {name: MethodSpec(_distill_method(name), teachers=_teachers(name), generation_cost=generation_cost,
+                                    soft_label_ratio=lpld_label_ratio if name == "lpld" else keeps_every_label)
                    for name in DISTILL_NAMES}
 
 

@@ -8,6 +8,7 @@ training dynamics and pruning scores all refer to it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import datasets
@@ -20,13 +21,30 @@ from orchestrator.errors import ConfigError
 MethodFn = Callable[[Config, datasets.Dataset], datasets.Dataset]
 
 
-def describe_method(fn: MethodFn, *, needs_dynamics: bool = False, reversible: bool = False,
-                    tile_grid: Callable[[Config], int] | None = None,
-                    teachers: Callable[[Config], list[Config]] | None = None,
-                    generation_cost: Callable[[Config], dict[str, float]] | None = None,
-                    check: Callable[[Config], None] | None = None,
-                    soft_label_ratio: Callable[[Config], float] | None = None) -> MethodFn:
-    """Record on a method what the rest of the system needs to know about the set it produces.
+def one_tile(config: Config) -> int:
+    return 1
+
+
+def no_teachers(config: Config) -> list[Config]:
+    return []
+
+
+def no_generation_cost(config: Config) -> dict[str, float]:
+    return {}
+
+
+def accepts_any(config: Config) -> None:
+    return None
+
+
+def keeps_every_label(config: Config) -> float:
+    return 1.0
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method: the function that makes its set, and what the rest of the system needs to know
+    about that set. Called like its function: `spec(config, dataset)`.
 
     needs_dynamics: it reads pruning scores from the teacher runs' training dynamics;
     reversible: `prune.reverse` makes it a different (easy-first) method;
@@ -40,14 +58,18 @@ def describe_method(fn: MethodFn, *, needs_dynamics: bool = False, reversible: b
     soft_label_ratio: the fraction of the soft-label pool its soft cells keep (LPLD's label pruning;
         1: every label), which the loop reuses and the storage column counts.
     """
-    fn.needs_dynamics = needs_dynamics
-    fn.reversible = reversible
-    fn.tile_grid = tile_grid or (lambda config: 1)
-    fn.teachers = teachers or (lambda config: [])
-    fn.generation_cost = generation_cost or (lambda config: {})
-    fn.check = check or (lambda config: None)
-    fn.soft_label_ratio = soft_label_ratio or (lambda config: 1.0)
-    return fn
+
+    make: MethodFn
+    needs_dynamics: bool = False
+    reversible: bool = False
+    tile_grid: Callable[[Config], int] = one_tile
+    teachers: Callable[[Config], list[Config]] = no_teachers
+    generation_cost: Callable[[Config], dict[str, float]] = no_generation_cost
+    check: Callable[[Config], None] = accepts_any
+    soft_label_ratio: Callable[[Config], float] = keeps_every_label
+
+    def __call__(self, config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
+        return self.make(config, dataset)
 
 
 def require_ipc(config: Config) -> int:

@@ -1,7 +1,7 @@
 """Method registry: a method name -> the compressed training set it produces, in the benchmark schema.
 
-A method is one function `(config, source dataset) -> datasets.Dataset`, described by
-`describe_method` (what it needs and what its set holds), and one entry in METHODS. The registry
+A method is one function `(config, source dataset) -> datasets.Dataset` in a `MethodSpec` (what it
+needs and what its set holds), and one entry in METHODS. The registry
 imports the methods defined in `pca/` and `orchestrator.distill_job`; they import only
 `orchestrator.method_spec`, never this module.
 """
@@ -21,7 +21,7 @@ from orchestrator.data.select import (ClassTooSmall, arrow_column, class_id_arra
 from orchestrator.data.sources import Source, check_images
 from orchestrator.distill_job import DISTILL_METHODS, to_dataset
 from orchestrator.errors import ConfigError, did_you_mean
-from orchestrator.method_spec import MethodFn, describe_method, from_template, require_ipc, with_index
+from orchestrator.method_spec import MethodSpec, from_template, require_ipc, with_index
 from pca.methods import PRUNE_METHODS
 
 
@@ -54,14 +54,14 @@ def method_noise(config: Config, dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 # The one table of methods: made here, pruning rules and PCA (pca/), distillation (distill_job).
-METHODS: dict[str, MethodFn] = {
-    "full": describe_method(method_full), "random": describe_method(method_random),
-    "first": describe_method(method_first), "noise": describe_method(method_noise),
+METHODS: dict[str, MethodSpec] = {
+    "full": MethodSpec(method_full), "random": MethodSpec(method_random),
+    "first": MethodSpec(method_first), "noise": MethodSpec(method_noise),
     **PRUNE_METHODS, **DISTILL_METHODS,
 }
 
 
-def method_fn(config: Config) -> MethodFn:
+def method_for(config: Config) -> MethodSpec:
     """Template sources (hub sets per method and IPC) take the first IPC per class; else the registry."""
     name = config.data.method
     if from_template(config):
@@ -75,17 +75,17 @@ def method_fn(config: Config) -> MethodFn:
 
 def needs_dynamics(config: Config) -> bool:
     """Whether the cell's set is chosen by scores from training dynamics (template sets never are)."""
-    return not from_template(config) and method_fn(config).needs_dynamics
+    return not from_template(config) and method_for(config).needs_dynamics
 
 
 def tile_grid(config: Config) -> int:
     """The side of the tile grid of each stored image of the cell's set (PCA: prune.pca_grid; else 1)."""
-    return method_fn(config).tile_grid(config)
+    return method_for(config).tile_grid(config)
 
 
 def generation_cost(config: Config) -> dict[str, float]:
     """What making the cell's set cost, as metrics (distilled sets: seconds and images; others: none)."""
-    return {} if from_template(config) else method_fn(config).generation_cost(config)
+    return {} if from_template(config) else method_for(config).generation_cost(config)
 
 
 def soft_label_ratio(config: Config) -> float:
@@ -93,7 +93,7 @@ def soft_label_ratio(config: Config) -> float:
     else what its method says (LPLD: distill.label_keep_ratio)."""
     if config.label_mode != "soft" or from_template(config):
         return 1.0
-    return method_fn(config).soft_label_ratio(config)
+    return method_for(config).soft_label_ratio(config)
 
 
 def soft_label_bytes(config: Config, num_views: int, num_classes: int) -> int:
@@ -150,7 +150,7 @@ def materialize(dataset: datasets.Dataset, directory: Path, name: str, check: bo
 
 def build_training_set(config: Config, source: Source) -> PreparedSet:
     try:
-        subset = method_fn(config)(config, with_index(source.dataset))
+        subset = method_for(config)(config, with_index(source.dataset))
     except ClassTooSmall as exc:  # the method saw class ids; the source knows their names
         raise exc.named(source.classes) from exc
     ipc = "all" if config.data.ipc is None else config.data.ipc

@@ -25,6 +25,7 @@ from typing import Any
 from orchestrator.config import (Config, anchor_paths, apply_overrides, cell_name, config_from_dict, read_yaml,
                                  read_yaml_file, unknown_key_message)
 from orchestrator.errors import ConfigError
+from trainers.metric_names import VAL_TOP1
 
 AXES = {"method": "data.method", "ipc": "data.ipc", "label_mode": "label_mode", "model": "model.name",
         "seed": "seed"}
@@ -39,7 +40,7 @@ SPACE_KINDS = {"choice", "grid", "uniform", "loguniform", "randint"}
 class Search:
     algorithm: str = "grid"
     num_samples: int = 1
-    metric: str = "val/top1"
+    metric: str = VAL_TOP1  # the epoch metric Tune (and ASHA) compare trials by
     mode: str = "max"
     space: dict = field(default_factory=dict)
     scheduler: dict | None = None
@@ -84,11 +85,11 @@ def check_cells(cells: list[Config]) -> None:
     """Every cell's method exists and takes its settings, before the first cell trains (and in `--dry-run`);
     normalisation notes."""
     from orchestrator.data.sources import normalisation_warning
-    from orchestrator.methods import method_fn
+    from orchestrator.methods import method_for
 
     for config in cells:
         try:
-            method_fn(config).check(config)
+            method_for(config).check(config)
         except ConfigError as exc:
             raise ConfigError(f"cell {cell_name(config)}: {exc}") from exc
     for warning in dict.fromkeys(filter(None, map(normalisation_warning, cells))):

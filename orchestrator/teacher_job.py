@@ -16,7 +16,7 @@ from orchestrator import tracking
 from orchestrator.cell import CellResult, prepare_data, run_cell
 from orchestrator.config import Config
 from orchestrator.errors import CheckpointError, ConfigError, DataError
-from orchestrator.methods import method_fn, needs_dynamics
+from orchestrator.methods import method_for, needs_dynamics
 from orchestrator.teachers import artifact_key, artifact_recipe, dynamics_dir, resolve_teacher, teacher_path, \
     teacher_training_config
 from trainers.dynamics import verify_manifest, write_manifest
@@ -114,7 +114,7 @@ def ensure_prerequisites(config: Config, parent_run_id: str | None = None) -> No
         what = "the teacher (score run 0)" if run == 0 else f"score run {run}"
         print(f"training {what} on the full training set first ({dynamics_dir(config, run)})", flush=True)
         train_score_run(config, run, parent_run_id=parent_run_id)
-    for teacher_config in method_fn(config).teachers(config):
+    for teacher_config in method_for(config).teachers(config):
         if not teacher_ready(teacher_config):
             print(f"training the teacher {teacher_config.teacher.model} its set is made with first", flush=True)
             train_score_run(teacher_config, 0, parent_run_id=parent_run_id)

@@ -25,7 +25,7 @@ import pandas as pd
 from orchestrator.config import Config
 from orchestrator.data.select import arrow_column, class_id_array, fingerprint
 from orchestrator.errors import DataError
-from orchestrator.method_spec import describe_method, source_spec, with_index
+from orchestrator.method_spec import MethodSpec, source_spec, with_index
 from orchestrator.teachers import dynamics_dirs, dynamics_key
 from pca.pipeline import check_pca_config, pca_selection, pca_subset
 from pca.pruning import Selection, index_keys, prune_selection, score_column, score_options
@@ -156,6 +156,6 @@ def check_pca(config: Config) -> None:
 
 # What pca/ contributes to the registry (orchestrator.methods.METHODS).
 PRUNE_METHODS = {
-    **{rule: describe_method(_rule_method(rule), needs_dynamics=True, reversible=True) for rule in PRUNING_RULES},
-    "pca": describe_method(method_pca, needs_dynamics=True, tile_grid=pca_tiles, check=check_pca),
+    **{rule: MethodSpec(_rule_method(rule), needs_dynamics=True, reversible=True) for rule in PRUNING_RULES},
+    "pca": MethodSpec(method_pca, needs_dynamics=True, tile_grid=pca_tiles, check=check_pca),
 }

@@ -25,6 +25,7 @@ from orchestrator.methods import method_label
 from orchestrator.store_retry import WINDOW_ENV, retry_busy, retrying_client
 from tests_paths import REPO
 from trainers.loop import History, MetricLogger, build_training_state, save_state
+from trainers.loop_inputs import LoopInputs
 
 LOCKER = """
 import sqlite3, sys, time
@@ -124,11 +125,11 @@ def test_a_flush_on_a_locked_store_keeps_the_epochs_and_training_goes_on(tmp_pat
     config = protocol(tmp_path)
     run_id = tracking.start_run(uri, tracking.ensure_experiment(uri, "busy", tmp_path), config,
                                 cell="busy-cell", method_label=method_label(config))
-    loop_config = {"mlflow_uri": uri, "run_id": run_id, "cell": "busy-cell"}
-    logger, history = MetricLogger(loop_config, rank=0), History()
+    inputs = LoopInputs(config, num_classes=10, mlflow_uri=uri, run_id=run_id, cell="busy-cell")
+    logger, history = MetricLogger(inputs, rank=0), History()
     metrics = {"train/loss": 1.0, "train/images_per_s": 10.0}
     for epoch in range(3):
-        logger.log(epoch, metrics, history, 10)
+        logger.log(epoch, metrics, history)
     locker = lock_store(tmp_path / "mlflow.db", 60)
     try:
         started = time.monotonic()
@@ -139,13 +140,13 @@ def test_a_flush_on_a_locked_store_keeps_the_epochs_and_training_goes_on(tmp_pat
         locker.kill()
         locker.wait()
     assert sorted({row[3] for row in rows}) == [0, 1, 2]
-    logger.log(3, metrics, history, 10)
+    logger.log(3, metrics, history)
     logger.flush()
     client = retrying_client(uri)
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [0, 1, 2, 3]
 
     # A restarted attempt given the checkpoint's rows logs only what is not logged yet.
-    again = MetricLogger(loop_config, rank=0)
+    again = MetricLogger(inputs, rank=0)
     again.restore(rows + [["train/loss", 2.0, 0, 4]])
     again.flush(wait=True)
     assert sorted(m.step for m in client.get_metric_history(run_id, "train/loss")) == [0, 1, 2, 3, 4]
@@ -156,11 +157,12 @@ def test_held_back_epochs_ride_in_the_checkpoint(tmp_path):
     import torch
 
     config = protocol(tmp_path)
-    model, optimizer, scheduler, _ = build_training_state(config, 10, torch.device("cpu"), None)
+    state = build_training_state(LoopInputs(config, num_classes=10), torch.device("cpu"), None)
     rows = [["train/loss", 0.5, 1700000000000, 0], ["train/lr", 0.001, 1700000000000, 0]]
-    save_state(tmp_path, model, optimizer, scheduler, History(epochs_done=1, unlogged_metrics=rows), final=False)
-    *_, restored = build_training_state(config, 10, torch.device("cpu"), tmp_path)  # weights-only loading
-    assert restored.unlogged_metrics == rows
+    state.history = History(epochs_done=1, unlogged_metrics=rows)
+    save_state(tmp_path, state, final=False)
+    restored = build_training_state(LoopInputs(config, num_classes=10), torch.device("cpu"), tmp_path)  # weights only
+    assert restored.history.unlogged_metrics == rows
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.config import cell_name, config_hash, flatten, load_config, replace
+from orchestrator.config import cell_name, config_hash, flatten, load_config, replace, setting
 from orchestrator.errors import ConfigError
 from tests_paths import CONFIGS
 
@@ -72,3 +72,18 @@ def test_cell_name_changes_with_results_relevant_settings_only():
     assert config_hash(replace(cfg, {"output_dir": "/elsewhere"})) == config_hash(cfg)
     assert config_hash(replace(cfg, {"optim.lr": 0.5})) != config_hash(cfg)
     assert flatten(cfg)["data.ipc"] == 10
+
+
+def test_what_the_hash_and_validation_know_sits_on_the_fields():
+    """Run-only fields leave the hash alone, a late one only at its default; choices come from the
+    fields' Literal types; a misspelt mark is an error where the field is declared."""
+    cfg = load_config(CONFIGS / "fmnist-hard.yaml")
+    run_only = {"train.chunk": 64, "eval.batch_size": 64, "variant": "x", "data.check_images": False}
+    assert config_hash(replace(cfg, run_only)) == config_hash(cfg)
+    assert config_hash(replace(cfg, {"distill.dwa_steps": 12})) == config_hash(cfg)  # late, at its default
+    assert config_hash(replace(cfg, {"distill.dwa_steps": 13})) != config_hash(cfg)
+    with pytest.raises(ConfigError, match=r"'train.compile' is 'fast': choose one of \[False, True, 'auto'\]"):
+        replace(cfg, {"train.compile": "fast"})
+    assert replace(cfg, {"train.compile": "auto"}).train.compile == "auto"
+    with pytest.raises(TypeError):
+        setting(1, postive=True)

@@ -17,8 +17,8 @@ import pytest
 from mlflow import MlflowClient
 
 from orchestrator.cell import prepare_data, run_cell
-from orchestrator.config import to_dict
 from orchestrator.tracking import tracking_uri
+from trainers.loop_inputs import LoopInputs
 
 pytestmark = pytest.mark.slow
 IPC50 = {"data.ipc": 50, "train.batch_size": 128, "schedule.epochs": 2, "eval.every": 2, "train.threads": 1}
@@ -56,20 +56,20 @@ def test_two_ray_workers_see_uniform_class_mix_and_each_image_once(ray_cluster, 
         """
         import ray.train
 
-        from orchestrator.config import config_from_dict
         from trainers.loop import training_steps
+        from trainers.loop_inputs import LoopInputs
         from trainers.reporting import WorkerGroup
 
-        config = config_from_dict(loop_config["config"])
+        out = loop_config.pop("out")
         where = WorkerGroup()
         rank = where.rank
-        epoch_steps = training_steps(loop_config, config, where)
+        epoch_steps = training_steps(LoopInputs.from_loop_config(loop_config), where)
         record = []
         for epoch in range(2):
             steps, samples = epoch_steps(epoch)
             record.append({"samples": samples, "steps": [
                 {"labels": micro.label.tolist(), "keys": micro.key.tolist()} for step in steps for micro in step]})
-        Path(loop_config["out"], f"rank-{rank}.json").write_text(json.dumps(record))
+        Path(out, f"rank-{rank}.json").write_text(json.dumps(record))
         ray.train.report({"done": 1})
 
     config = tiny_config(**IPC50, **{"train.workers": 2})
@@ -80,7 +80,8 @@ def test_two_ray_workers_see_uniform_class_mix_and_each_image_once(ray_cluster, 
               "key": np.arange(len(by_class))}
     trainer = TorchTrainer(
         record_rank_batches,
-        train_loop_config={"config": to_dict(config), "train_arrays": ray.put(arrays), "out": str(tmp_path)},
+        train_loop_config={**LoopInputs(config, num_classes=10, train_arrays=ray.put(arrays)).to_loop_config(),
+                           "out": str(tmp_path)},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=RunConfig(name="rank-batches", storage_path=str(tmp_path / "ray")))
     trainer.fit()

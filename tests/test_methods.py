@@ -5,7 +5,7 @@ import pytest
 from orchestrator.config import load_config
 from orchestrator.errors import ConfigError
 from orchestrator.method_spec import load_train_source, with_index
-from orchestrator.methods import build_training_set, image_bytes, method_fn
+from orchestrator.methods import build_training_set, image_bytes, method_for
 from tests_paths import CONFIGS
 
 
@@ -16,8 +16,8 @@ def config(tmp_path, data_root):
 
 def test_random_is_seeded_and_keeps_source_positions(config):
     dataset = with_index(load_train_source(config).dataset)
-    first = method_fn(config)(config, dataset)
-    again = method_fn(config)(config, dataset)
+    first = method_for(config)(config, dataset)
+    again = method_for(config)(config, dataset)
     assert first["index"] == again["index"] and len(first) == 100
     rows = [dataset[i] for i in first["index"][:3]]
     assert [r["sample_id"] for r in rows] == first["sample_id"][:3]  # index = row in the source
@@ -42,7 +42,7 @@ def test_unknown_method_suggests_a_registered_one(config):
     from orchestrator.config import replace
 
     with pytest.raises(ConfigError, match="did you mean 'el2n'"):
-        method_fn(replace(config, {"data.method": "el2m"}))
+        method_for(replace(config, {"data.method": "el2m"}))
 
 
 def test_easy_first_rules_are_reported_as_their_own_method(config):

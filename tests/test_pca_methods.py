@@ -21,7 +21,7 @@ from orchestrator.config import load_config, replace
 from orchestrator.data.select import class_id_array, fingerprint
 from orchestrator.errors import ConfigError, DataError
 from orchestrator.method_spec import load_train_source, with_index
-from orchestrator.methods import METHODS, method_fn, needs_dynamics
+from orchestrator.methods import METHODS, method_for, needs_dynamics
 from orchestrator.teachers import artifact_key, dynamics_dir, dynamics_dirs, dynamics_key
 from pca.combine import tile_boxes
 from pca.methods import subset_manifest
@@ -110,8 +110,8 @@ def test_world_is_what_the_tests_assume(world):
 def test_registered_rules_keep_exactly_ipc_per_class(world, rule):
     config, dataset = world
     config = replace(config, {"data.method": rule, "data.ipc": 2})
-    assert METHODS[rule] is method_fn(config)
-    subset = method_fn(config)(config, dataset)
+    assert METHODS[rule] is method_for(config)
+    subset = method_for(config)(config, dataset)
     counts = np.bincount(class_id_array(subset), minlength=len(CLASSES))
     assert counts.tolist() == [2] * len(CLASSES)
     assert subset["index"] is not None and len(set(subset["index"])) == len(subset)
@@ -123,7 +123,7 @@ def test_registered_rules_keep_exactly_ipc_per_class(world, rule):
 def test_el2n_keeps_the_hardest_and_reverse_the_easiest(world):
     config, dataset = world
     scores = compute_scores(dynamics_dirs(config), N)
-    hard = picked_keys(method_fn(config)(config, dataset))
+    hard = picked_keys(method_for(config)(config, dataset))
     assert per_class(hard) == extreme_margin(2, lowest=True)
     for c in range(len(CLASSES)):  # the highest EL2N of each class
         members = np.flatnonzero(LABELS == c)
@@ -131,16 +131,16 @@ def test_el2n_keeps_the_hardest_and_reverse_the_easiest(world):
         assert per_class(hard)[c] == set(top.tolist())
     assert hard.tolist() == sorted(hard.tolist(), key=lambda k: (LABELS[k], -scores["el2n"][k]))
     easy_config = replace(config, {"prune.reverse": True})
-    easy = picked_keys(method_fn(easy_config)(easy_config, dataset))
+    easy = picked_keys(method_for(easy_config)(easy_config, dataset))
     assert per_class(easy) == extreme_margin(2, lowest=False)
 
 
 def test_aum_keeps_the_lowest_margin(world):
     config, dataset = world
     config = replace(config, {"data.method": "aum", "data.ipc": 3})
-    assert per_class(picked_keys(method_fn(config)(config, dataset))) == extreme_margin(3, lowest=True)
+    assert per_class(picked_keys(method_for(config)(config, dataset))) == extreme_margin(3, lowest=True)
     config = replace(config, {"prune.reverse": True})
-    assert per_class(picked_keys(method_fn(config)(config, dataset))) == extreme_margin(3, lowest=False)
+    assert per_class(picked_keys(method_for(config)(config, dataset))) == extreme_margin(3, lowest=False)
 
 
 def test_ccs_is_deterministic_per_seed(world):
@@ -149,14 +149,14 @@ def test_ccs_is_deterministic_per_seed(world):
     picks = {}
     for seed in range(6):
         seeded = replace(config, {"seed": seed})
-        first = picked_keys(method_fn(seeded)(seeded, dataset)).tolist()
-        assert picked_keys(method_fn(seeded)(seeded, dataset)).tolist() == first
+        first = picked_keys(method_for(seeded)(seeded, dataset)).tolist()
+        assert picked_keys(method_for(seeded)(seeded, dataset)).tolist() == first
         picks[seed] = tuple(first)
     assert len(set(picks.values())) > 1  # the seed matters
     hardest = set(np.argsort(MARGIN)[:8].tolist())  # mis_ratio 0.2 drops the 8 lowest AUMs of the whole set
     assert all(not set(keys) & hardest for keys in picks.values())
     per_class_config = replace(config, {"prune.ccs_scope": "class"})
-    keys = picked_keys(method_fn(per_class_config)(per_class_config, dataset))
+    keys = picked_keys(method_for(per_class_config)(per_class_config, dataset))
     hardest_per_class = extreme_margin(2, lowest=True)  # per class: the 2 hardest of each class
     assert all(not (per_class(keys)[c] & hardest_per_class[c]) for c in range(len(CLASSES)))
 
@@ -165,7 +165,7 @@ def test_ccs_rejects_reverse(world):
     config, dataset = world
     config = replace(config, {"data.method": "ccs", "prune.reverse": True})
     with pytest.raises(ConfigError, match="reverse"):
-        method_fn(config)(config, dataset)
+        method_for(config)(config, dataset)
 
 
 def test_score_cache_is_reused_and_invalidated_when_dynamics_change(world):
@@ -201,13 +201,13 @@ def test_missing_dynamics_is_a_clear_error(tmp_path):
     config = make_config(tmp_path, folder)
     dataset = with_index(load_train_source(config).dataset)
     with pytest.raises(DataError) as info:
-        method_fn(config)(config, dataset)
+        method_for(config)(config, dataset)
     message = str(info.value)
     assert str(dynamics_dir(config)) in message
     assert "python -m orchestrator teacher --force --config" in message
     dynamics_dir(config).mkdir(parents=True)  # an empty folder is just as missing
     with pytest.raises(DataError, match="no valid manifest.json.*orchestrator teacher --force"):
-        method_fn(config)(config, dataset)
+        method_for(config)(config, dataset)
 
 
 def test_damaged_dynamics_are_refused_before_scoring(world):
@@ -216,12 +216,12 @@ def test_damaged_dynamics_are_refused_before_scoring(world):
     deleted = epoch_file(dynamics_dir(config, 1), 0, 1)
     deleted.unlink()
     with pytest.raises(DataError, match=f"{deleted}.*missing.*teacher --force"):
-        method_fn(config)(config, dataset)
+        method_for(config)(config, dataset)
     write_dynamics(config)
     truncated = epoch_file(dynamics_dir(config, 0), 1, 0)
     truncated.write_bytes(truncated.read_bytes()[:100])
     with pytest.raises(DataError, match=f"{truncated} changed since the run finished"):
-        method_fn(config)(config, dataset)
+        method_for(config)(config, dataset)
 
 
 def test_dynamics_of_other_settings_are_never_read(world):
@@ -232,7 +232,7 @@ def test_dynamics_of_other_settings_are_never_read(world):
         other = replace(config, override)
         assert dynamics_key(other) != dynamics_key(config)
         with pytest.raises(DataError, match="no training dynamics at"):
-            method_fn(other)(other, dataset)
+            method_for(other)(other, dataset)
     # the cell seed and the student recipe do not change the dynamics a rule reads
     same = replace(config, {"seed": 5, "schedule.epochs": 7, "model.name": "resnet18_small"})
     assert dynamics_key(same) == dynamics_key(config)
@@ -284,7 +284,7 @@ def test_pca_grid_one_is_reversed_rule_pruning(world):
     config, dataset = world
     pca = replace(config, {"data.method": "pca", "prune.pca_grid": 1})
     easy = replace(config, {"data.method": "el2n", "prune.reverse": True})
-    assert pca_subset(pca, dataset)["index"] == method_fn(easy)(easy, dataset)["index"]
+    assert pca_subset(pca, dataset)["index"] == method_for(easy)(easy, dataset)["index"]
 
 
 def test_pca_errors(world):

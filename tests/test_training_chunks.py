@@ -13,7 +13,7 @@ from orchestrator.config import config_hash, load_config
 from orchestrator.errors import ConfigError
 from tests_paths import CONFIGS
 from trainers.batches import MicroBatch
-from trainers.loop import exact_chunk, forward_backward
+from trainers.loop import StepSetup, exact_chunk, forward_backward
 from trainers.mix import build_mixup
 from trainers.models import create_student
 
@@ -31,7 +31,7 @@ def gradients(config, model_name: str, chunk: int, *, teacher=None, mixup=None):
     model = create_student(model_name, num_classes=10, in_chans=1, img_size=28).train()
     torch.manual_seed(7)
     np.random.seed(7)  # timm's Mixup draws lambda and the box from numpy
-    loss, seen = forward_backward(config, model, teacher, mixup, micro_batch(), 0, "cpu", None, chunk)
+    loss, seen = forward_backward(StepSetup(config, model, teacher, mixup, "cpu", chunk=chunk), micro_batch(), 0)
     assert seen == 48
     return loss, [p.grad.clone() for p in model.parameters()]
 

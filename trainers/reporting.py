@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from trainers.loop_inputs import LoopInputs
+
 WriteFn = Callable[[Path], None]  # writes one checkpoint's files into the given folder
 
 
@@ -112,10 +114,9 @@ class InProcess:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def placement(loop_config: dict, keep: int):
+def placement(inputs: LoopInputs):
     """In-process when the driver ran the loop itself (it then passes `local_run_dir`)."""
-    run_dir = loop_config.get("local_run_dir")
-    if run_dir:
-        return InProcess(Path(run_dir), keep=keep, to_tune=bool(loop_config.get("tune_report")),
-                         use_gpu=bool(loop_config.get("use_gpu")), datasets=loop_config.get("local_datasets"))
+    if inputs.local_run_dir:
+        return InProcess(Path(inputs.local_run_dir), keep=inputs.config.train.keep_checkpoints,
+                         to_tune=inputs.tune_report, use_gpu=inputs.use_gpu, datasets=inputs.local_datasets)
     return WorkerGroup()

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.errors import OrchestratorError
+from trainers import metric_names as names
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +30,22 @@ GROUP_KEYS = ("protocol", "label_mode", "model")
 CELL_KEYS = ("protocol", "label_mode", "model", "method", "ipc")
 DASH = "—"
 
-#: column -> (MLflow metric key, unit as logged). The one place units live: top-1/top-5 are percent
-#: (trainers/evaluate.py ``Accuracy.summarize`` returns 100·hits/total; orchestrator/cell.py
-#: ``finish`` logs them unchanged). ``distill/*`` are logged by distillation methods, when they run.
+#: column -> (MLflow metric key, named in trainers/metric_names.py; unit as logged). The one place units
+#: live: top-1/top-5 are percent (trainers/evaluate.py ``Accuracy.summarize`` returns 100·hits/total;
+#: orchestrator/cell.py ``finish`` logs them unchanged). ``distill/*`` are logged by distillation
+#: methods, when they run.
 METRICS: dict[str, tuple[str, str]] = {
-    "top1_final": ("val/top1_final", "%"),
-    "top1_best": ("val/top1_best", "%"),
-    "top5_final": ("val/top5_final", "%"),
-    "top5_best": ("val/top5_best", "%"),
-    "train_s": ("time/train_s", "s"),
-    "images_per_s": ("throughput/images_per_s", "images/s"),
-    "image_bytes": ("storage/image_bytes", "B"),
-    "soft_label_bytes": ("storage/soft_label_bytes", "B"),
-    "optimizer_steps": ("train/optimizer_steps", "steps"),
-    "generation_s": ("distill/generation_s", "s"),
-    "generation_images": ("distill/generation_images", "images"),
+    "top1_final": (names.VAL_TOP1_FINAL, "%"),
+    "top1_best": (names.VAL_TOP1_BEST, "%"),
+    "top5_final": (names.VAL_TOP5_FINAL, "%"),
+    "top5_best": (names.VAL_TOP5_BEST, "%"),
+    "train_s": (names.TIME_TRAIN_S, "s"),
+    "images_per_s": (names.THROUGHPUT_IMAGES_PER_S, "images/s"),
+    "image_bytes": (names.STORAGE_IMAGE_BYTES, "B"),
+    "soft_label_bytes": (names.STORAGE_SOFT_LABEL_BYTES, "B"),
+    "optimizer_steps": (names.TRAIN_OPTIMIZER_STEPS, "steps"),
+    "generation_s": (names.DISTILL_GENERATION_S, "s"),
+    "generation_images": (names.DISTILL_GENERATION_IMAGES, "images"),
 }
 METRIC_KEYS = {column: key for column, (key, _unit) in METRICS.items()}
 METRIC_UNITS = {column: unit for column, (_key, unit) in METRICS.items()}
