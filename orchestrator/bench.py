@@ -9,7 +9,7 @@ Speed and memory targets live here, never in timed tests. Each benchmark is one 
                      in chunks of 32, channels_last, torch.compile, bf16 autocast); the fastest is the reference
     eval             the 10,000 test images through trainers.evaluate.evaluate, inference mode, all
                      CPUs, fp32 vs bf16: images/s and top-1 difference on a briefly trained model;
-                     the reference: the same fp32 pass NCHW throughout at batch 1000 (before 2026-11-26)
+                     the reference: the same fp32 pass NCHW throughout at batch 1000
     dynamics_memory  DynamicsWriter peak traced memory for E epochs (flat in E) and bytes on disk
     cell             one real tiny cell through run_cell (the orchestration overhead), then the
                      same epochs as a bare PyTorch loop (the reference of its images/s)
@@ -243,7 +243,7 @@ STEP_VARIANTS = (StepVariant("fp32"), StepVariant("fp32_chunk32", chunk=32), Ste
                  StepVariant("bf16_cl", "bf16", channels_last=True),
                  StepVariant("bf16_cl_compile", "bf16", channels_last=True, compile=True))
 SLOW_FACTOR = 4.0  # a variant whose first timed step is this much slower than fp32's is not timed further
-PLAIN_EVAL_BATCH = 1000  # the fmnist protocols' evaluation batch before it became 32
+PLAIN_EVAL_BATCH = 1000  # the plain evaluation's batch (the fmnist protocols evaluate in batches of 32)
 
 
 def step_variants(quick: bool, device: str = "cpu") -> tuple[StepVariant, ...]:
@@ -354,14 +354,11 @@ def bench_train_step(ctx: BenchContext, *, model: str = "convnet3", threads: int
     return figures
 
 
-def eval_pass(model, images, labels, *, precision: str, batch: int, limit_s: float | None = None
-              ) -> tuple[dict, float]:
+def eval_pass(model, images, labels, *, precision: str, batch: int, limit_s: float | None = None,
+              cpu_layout: bool = True) -> tuple[dict, float]:
     """trainers.evaluate.evaluate over the first images in inference mode: (summary, seconds); with
     `limit_s` it stops after the batch that crosses it."""
-    import torch
-
     from trainers.evaluate import evaluate
-    from trainers.precision import autocast
 
     started = time.perf_counter()
 
@@ -371,24 +368,15 @@ def eval_pass(model, images, labels, *, precision: str, batch: int, limit_s: flo
             if limit_s is not None and time.perf_counter() - started > limit_s:
                 return
 
-    with torch.inference_mode(), autocast("cpu", precision):
-        summary = evaluate(model, batches(), num_classes=10, device="cpu")
+    summary = evaluate(model, batches(), num_classes=10, device="cpu", precision=precision, cpu_layout=cpu_layout)
     return summary, time.perf_counter() - started
 
 
 def plain_eval_rate(model, images, labels, *, batch: int = PLAIN_EVAL_BATCH) -> float:
-    """fp32 images/s of the same evaluation as it ran before 2026-11-26: NCHW throughout (no
-    ConvBlock CPU inference layout), batch 1000: the reference of ratios.eval_vs_plain."""
-    from trainers.models import ConvBlock
-
-    blocks = [module for module in model.modules() if isinstance(module, ConvBlock)]
-    for block in blocks:
-        block.cpu_inference_layout = False
-    try:
-        return rate(len(labels), eval_pass(model, images, labels, precision="fp32", batch=batch)[1])
-    finally:
-        for block in blocks:
-            block.cpu_inference_layout = True
+    """fp32 images/s of the plain evaluation: NCHW throughout (evaluate's cpu_layout off) in batches
+    of 1000: the reference of ratios.eval_vs_plain."""
+    seconds = eval_pass(model, images, labels, precision="fp32", batch=batch, cpu_layout=False)[1]
+    return rate(len(labels), seconds)
 
 
 def briefly_trained_convnet(config, steps: int):
