@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import bench
-from orchestrator.bench import BENCHMARKS, BenchContext, Figure, StepVariant
+from orchestrator.bench import BENCHMARKS, BenchContext, Figure, StepVariant, runner
 from orchestrator.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_quick_json_of_the_cheap_benchmarks_has_flat_figures(monkeypatch, tmp_pa
     """`--quick --only train_step eval` through the CLI (eval on 500 images): flat dotted figures."""
     import functools
 
-    monkeypatch.setitem(bench.BENCHMARKS, "eval", functools.partial(bench.bench_eval, images=500, train_steps=2))
+    monkeypatch.setitem(runner.BENCHMARKS, "eval", functools.partial(bench.bench_eval, images=500, train_steps=2))
     out = tmp_path / "r.json"
     assert bench.main(["--only", "train_step", "eval", "--quick", "--output-dir", str(tmp_path),
                        "--json", str(out)]) == 0
@@ -202,7 +202,7 @@ def test_only_runs_the_selected_benchmarks(monkeypatch, tmp_path, capsys):
             return {"rate": Figure(1.5, "images/s")}
         return run
 
-    monkeypatch.setattr(bench, "BENCHMARKS", {name: fake(name) for name in BENCHMARKS})
+    monkeypatch.setattr(runner, "BENCHMARKS", {name: fake(name) for name in BENCHMARKS})
     out = tmp_path / "r.json"
     assert bench.main(["--only", "cell", "pipeline", "--quick", "--output-dir", str(tmp_path),
                        "--json", str(out)]) == 0
@@ -222,7 +222,7 @@ def test_failing_benchmark_is_reported_and_others_still_run(monkeypatch, tmp_pat
     def broken(ctx):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(bench, "BENCHMARKS", {"broken": broken, "ok": lambda ctx: {"x": Figure(2.0, "s")}})
+    monkeypatch.setattr(runner, "BENCHMARKS", {"broken": broken, "ok": lambda ctx: {"x": Figure(2.0, "s")}})
     out = tmp_path / "r.json"
     assert bench.main(["--output-dir", str(tmp_path), "--json", str(out)]) == 1
     results = json.loads(out.read_text())["results"]
@@ -234,7 +234,7 @@ def test_cli_verb_writes_json_with_machine_facts(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench.add_bench_parser(parser.add_subparsers(dest="verb", required=True))
     args = parser.parse_args(["bench", "--only", "augment", "--quick", "--output-dir", str(tmp_path)])
-    assert args.func is bench.cmd_bench
+    assert args.func is bench.cmd_bench is runner.cmd_bench
     assert args.func(args) == 0
     written = list((tmp_path / "bench").glob("bench-*.json"))
     assert len(written) == 1
