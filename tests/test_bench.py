@@ -67,6 +67,41 @@ def test_train_step_restores_torch_threads(ctx):
     assert torch.get_num_threads() == before
 
 
+def optimizer_settings(optimizer) -> list[dict]:
+    """Each parameter group's settings and size; `initial_lr` is the cell's LR schedule's record, not a setting."""
+    return [{**{k: v for k, v in group.items() if k not in ("params", "initial_lr")}, "params": len(group["params"])}
+            for group in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("optim", [{"optim.name": "sgd", "optim.momentum": 0.5, "optim.lr": 0.05},
+                                   {"optim.name": "adamw"}])
+def test_bench_trains_the_cells_student_with_the_cells_optimizer(optim):
+    """bench.training builds what the loop builds for a cell: the same initial weights and the same
+    optimizer, momentum included (SGD with momentum 0.5: a builder that dropped it would get 0.9 or 0)."""
+    import torch
+
+    from orchestrator.bench.training import loop_training
+    from trainers.loop import build_training_state
+
+    config = bench.protocol_config(optim)
+    ours = loop_training(config)
+    model, optimizer, _, _ = build_training_state(config, 10, "cpu", None)
+    assert optimizer_settings(ours.optimizer) == optimizer_settings(optimizer)
+    if optim["optim.name"] == "sgd":
+        assert {group["momentum"] for group in ours.optimizer.param_groups} == {0.5}
+    theirs = model.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in ours.model.state_dict().items())
+
+
+def test_only_bench_training_builds_or_steps_an_optimizer():
+    """Every bench path that trains goes through bench/training.py (the loop's builders and step):
+    no other bench module has a training loop of its own."""
+    own_loop = ("build_optimizer", "create_optimizer", "torch.optim.", ".backward(", ".zero_grad(", "optimizer.step(")
+    offenders = {path.name: [word for word in own_loop if word in path.read_text()]
+                 for path in sorted((REPO / "orchestrator" / "bench").glob("*.py")) if path.name != "training.py"}
+    assert {name: words for name, words in offenders.items() if words} == {}
+
+
 def test_quick_variants_leave_out_compiling_and_emulated_bf16():
     from trainers.precision import native_bf16
 

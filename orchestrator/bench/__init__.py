@@ -5,8 +5,9 @@ Speed and memory targets live here, never in timed tests. Each benchmark is one 
 
     augment          train_views (the per-sample seeded augmentation) on Fashion-MNIST, 1 thread    micro.py
     pipeline         Ray Data: read_parquet + decode (train_dataset) + one epoch of train_batches    micro.py
-    train_step       ConvNet-3's step (batch 128, 28 px, all CPUs) per StepVariant (fp32 eager, in   train_step.py
-                     chunks of 32, channels_last, torch.compile, bf16 autocast); the fastest is the reference
+    train_step       the loop's step on ConvNet-3 (batch 128, 28 px, all CPUs) per StepVariant      train_step.py
+                     (fp32 eager, in chunks of 32, channels_last, torch.compile, bf16 autocast); the
+                     fastest is the reference
     eval             the 10,000 test images through trainers.evaluate.evaluate, inference mode, all  evaluation.py
                      CPUs, fp32 vs bf16: images/s and top-1 difference on a briefly trained model;
                      the reference: the same fp32 pass NCHW throughout at batch 1000
@@ -17,9 +18,12 @@ Speed and memory targets live here, never in timed tests. Each benchmark is one 
                      this run's cell and eval figures (needs both in the same run)
     peer             our cell against DD-Ranking 0.2's evaluator on the same images (on request)     peer.py
 
-What they share (Figure, BenchContext, helpers) is context.py; the registry, the ratios, the CLI and
-the output are runner.py. Results are printed as a table, then every ratio of RATIOS as "figure / its
-reference" (both measured in this run), and written as JSON:
+What they share (Figure, BenchContext, helpers) is context.py; the training of `train_step`, `eval`
+and `cell` is training.py (the loop's own builders and step, as a cell trains); the registry, the
+ratios, the CLI and the output are runner.py.
+
+Results are printed as a table, then every ratio of RATIOS as "figure / its reference" (both measured
+in this run), and written as JSON:
     {"timestamp", "quick", "machine": {...}, "results": {benchmark: {"seconds", "figures", "error"?}},
      "figures": {"<benchmark>.<figure>": {"value", "unit"}, ..., "ratios.<name>": {"value", "unit"}}}
 "figures" is flat: its keys are dotted names at its top level, e.g. "cell.overhead_s",

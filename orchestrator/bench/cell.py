@@ -8,48 +8,23 @@ import time
 
 from orchestrator.bench.context import (BenchContext, Figure, all_cpus, env_without, protocol_config, rate,
                                         torch_threads)
-from orchestrator.bench.train_step import StepVariant, bare_backward
-
-
-def step_settings(config) -> StepVariant:
-    """The protocol's own step switches: train.precision / channels_last / compile / chunk."""
-    train = config.train
-    return StepVariant("protocol", train.precision, train.channels_last, train.compile, train.chunk)
+from orchestrator.bench.training import loop_training, train
 
 
 def bare_loop_images_per_s(config, arrays: dict) -> float:
-    """The cell's training epochs as a plain PyTorch loop in this process: the same decoded images,
-    batches and augmentation (MemoryBatches), model, optimizer, threads and step switches."""
-    import torch
-
+    """The cell's training epochs as a bare loop in this process: the same decoded images, batches and
+    augmentation (MemoryBatches), student, optimizer, threads, speed switches and step (the loop's own,
+    bench.training) without Ray, the driver or evaluation."""
     from trainers.batches import MemoryBatches, augment_settings
-    from trainers.loop import exact_chunk, resolve_speed
-    from trainers.models import create_student
-    from trainers.optim import build_optimizer
-    from trainers.precision import prepare_model, to_device_batch
 
-    torch.manual_seed(config.seed)
-    model = create_student(config.model.name, num_classes=10, in_chans=config.in_chans,
-                           img_size=config.model.input_size).train()
-    config, _ = resolve_speed(config, model, "cpu", 1, None)  # "auto" switches as the loop resolves them
-    settings = step_settings(config)
-    optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
-                                weight_decay=config.optim.weight_decay, momentum=config.optim.momentum)
-    model = prepare_model(model, channels_last=settings.channels_last, compile=settings.compile)
-    chunk = exact_chunk(settings.chunk, model)
-    memory = MemoryBatches(arrays, grid=1, tile_views="image", augment=augment_settings(config))
+    training = loop_training(config)
+    sizes = {"batch_size": config.train.batch_size, "world": 1, "rank": 0, "accum": config.train.grad_accum}
+    memory = MemoryBatches(arrays, grid=1, tile_views="image", augment=augment_settings(training.config))
     seen, started = 0, time.perf_counter()
     with torch_threads(config.train.threads or all_cpus()):
         for epoch in range(config.schedule.epochs):
-            steps, _ = memory.steps(epoch, batch_size=config.train.batch_size, world=1, rank=0, accum=1)
-            for micro_batches in steps:
-                optimizer.zero_grad(set_to_none=True)
-                for micro in micro_batches:
-                    images = to_device_batch(micro.image, "cpu", settings.channels_last)
-                    bare_backward(model, images, micro.label, precision=settings.precision, chunk=chunk,
-                                  weight=micro.weight)
-                    seen += len(micro.label)
-                optimizer.step()
+            steps, _ = memory.steps(epoch, **sizes)
+            seen += train(training, steps, epoch)
     return rate(seen, time.perf_counter() - started)
 
 
@@ -67,7 +42,7 @@ def cell_training_arrays(config) -> dict:
 
 def bench_cell(ctx: BenchContext) -> dict[str, Figure]:
     """One real tiny cell (random IPC 10, fmnist-hard, 3 epochs; --quick 2) through run_cell in a temp
-    dir, then the same epochs as a bare PyTorch loop (the reference of the cell's training images/s)."""
+    dir, then the same epochs as a bare loop (the reference of the cell's training images/s)."""
     from orchestrator.cell import run_cell
     from orchestrator.data.prepare import prepare_fashion_mnist
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from orchestrator.bench.context import (SLOW_FACTOR, BenchContext, Figure, all_cpus, fashion_mnist_train,
                                         protocol_config, rate, torch_threads)
+from orchestrator.bench.training import batch_steps, loop_training, train
 
 
 PLAIN_EVAL_BATCH = 1000  # the plain evaluation's batch (the fmnist protocols evaluate in batches of 32)
@@ -40,26 +41,18 @@ def plain_eval_rate(model, images, labels, *, batch: int = PLAIN_EVAL_BATCH) -> 
 
 
 def briefly_trained_convnet(config, steps: int):
-    """ConvNet-3 after `steps` AdamW steps (batch 128) on Fashion-MNIST training images: a model
-    whose top-1 (~70 %) can move when the precision changes."""
+    """The protocol's student after `steps` of the loop's own optimizer steps (batch 128) on
+    Fashion-MNIST training images (their evaluation views): a model whose top-1 (~70 %) can move
+    when the precision changes."""
     import torch
 
     from trainers.augment import eval_views
-    from trainers.models import create_student
-    from trainers.optim import build_optimizer
 
     pixels, labels = fashion_mnist_train(128 * steps)
     views = eval_views(pixels, resize=28, crop=28, mean=config.data.mean, std=config.data.std)
-    targets = torch.from_numpy(labels)
-    torch.manual_seed(0)
-    model = create_student(config.model.name, num_classes=10, in_chans=config.in_chans, img_size=28).train()
-    optimizer = build_optimizer(model, name=config.optim.name, lr=config.optim.lr,
-                                weight_decay=config.optim.weight_decay)
-    for start in range(0, len(targets), 128):
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(views[start:start + 128]), targets[start:start + 128]).backward()
-        optimizer.step()
-    return model.eval()
+    training = loop_training(config)
+    train(training, batch_steps(views, torch.from_numpy(labels), 128))
+    return training.model.eval()
 
 
 TOP1_TOLERANCE_PT = 0.1  # a precision serves evaluation only if its top-1 is within this of fp32's

@@ -1,4 +1,4 @@
-"""The `train_step` benchmark: the training step per StepVariant (precision, channels_last,
+"""The `train_step` benchmark: the loop's training step per StepVariant (precision, channels_last,
 torch.compile, chunks); the fastest variant is the reference of the others and of the cell's step."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Callable
 
 from orchestrator.bench.context import (SLOW_FACTOR, BenchContext, Figure, all_cpus, protocol_config, rate,
                                         torch_threads)
+from orchestrator.bench.training import batch_steps, loop_training, train
 
 
 @dataclass(frozen=True)
@@ -52,47 +53,24 @@ def time_steps(step: Callable[[], None], *, budget: float, cutoff: float | None)
     return time.perf_counter() - started, steps, False
 
 
-def bare_backward(model, images, labels, *, precision: str, chunk: int, weight: float = 1.0) -> None:
-    """Cross-entropy's gradient of one batch, `chunk` images at a time (0: the whole batch)."""
-    import torch
-
-    from trainers.batches import chunk_slices
-    from trainers.precision import autocast
-
-    for part, share in chunk_slices(len(labels), chunk):
-        with autocast("cpu", precision):
-            loss = torch.nn.functional.cross_entropy(model(images[part]), labels[part])
-        (loss * (weight * share)).backward()
-
-
 def variant_step(variant: StepVariant, config, *, model: str, images, labels) -> tuple[Callable[[], None], int]:
-    """(one training step of a fresh student run the variant's way, the student's parameter count)."""
-    import torch
+    """(one optimizer step of the loop's own code on a fresh student set up the variant's way, the
+    student's parameter count)."""
+    from orchestrator.config import replace
 
-    from trainers.models import create_student
-    from trainers.optim import build_optimizer
-    from trainers.precision import prepare_model, to_device_batch
-
-    torch.manual_seed(0)
-    net = create_student(model, num_classes=10, in_chans=config.in_chans, img_size=config.model.input_size)
-    optimizer = build_optimizer(net.train(), name=config.optim.name, lr=config.optim.lr,
-                                weight_decay=config.optim.weight_decay)
-    net = prepare_model(net, channels_last=variant.channels_last, compile=variant.compile)
-    batch_images = to_device_batch(images, "cpu", variant.channels_last)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        bare_backward(net, batch_images, labels, precision=variant.precision, chunk=variant.chunk)
-        optimizer.step()
-
-    return step, sum(p.numel() for p in net.parameters())
+    switches = {"model.name": model, "train.precision": variant.precision, "train.chunk": variant.chunk,
+                "train.channels_last": variant.channels_last, "train.compile": variant.compile}
+    training = loop_training(replace(config, switches))
+    steps = batch_steps(images, labels, len(labels))
+    return (lambda: train(training, steps)), training.params
 
 
 def bench_train_step(ctx: BenchContext, *, model: str = "convnet3", threads: int | None = None,
                      batch: int = 128, variants: tuple[StepVariant, ...] | None = None,
                      min_seconds: float | None = None) -> dict[str, Figure]:
-    """The bare step (forward + backward + AdamW) per StepVariant at 28x28 on all CPUs; the fastest
-    variant that ran is the reference of every other (`<variant>_vs_fastest`) and of the cell's step.
+    """The loop's step (trainers.loop.train_one_epoch on one batch: forward, protocol loss, backward,
+    the protocol's optimizer) per StepVariant at 28x28 on all CPUs; the fastest variant that ran is the
+    reference of every other (`<variant>_vs_fastest`) and of the cell's step.
 
     The first variant is the baseline: a later one whose first timed step is SLOW_FACTOR x slower
     is reported from that step; a compiled variant runs only where its eager twin was not that slow.
@@ -125,7 +103,7 @@ def bench_train_step(ctx: BenchContext, *, model: str = "convnet3", threads: int
         rates[variant.name] = rate(steps * batch, seconds)
         figures[f"{variant.name}_images_per_s"] = Figure(rates[variant.name], "images/s")
     fastest = max(rates, key=rates.get)
-    print(f"[bench] fastest bare step: {fastest} {rates[fastest]:,.0f} images/s at {threads} threads"
+    print(f"[bench] fastest step: {fastest} {rates[fastest]:,.0f} images/s at {threads} threads"
           + (f"; cut after one step: {sorted(slow)}" if slow else ""), flush=True)
     figures["fastest_images_per_s"] = Figure(rates[fastest], "images/s")
     figures.update({f"{name}_vs_fastest": Figure(value / rates[fastest], "x") for name, value in rates.items()})
