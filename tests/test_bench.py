@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import bench
-from orchestrator.bench import BENCHMARKS, BenchContext, Figure, StepVariant
+from orchestrator.bench import BENCHMARKS, BenchContext, Figure, StepVariant, runner
 from orchestrator.errors import ConfigError
 from tests_paths import REPO
 
@@ -64,6 +64,43 @@ def test_train_step_restores_torch_threads(ctx):
     before = torch.get_num_threads()
     bench.bench_train_step(ctx, threads=1, batch=4, variants=(StepVariant("fp32"),), min_seconds=0.0)
     assert torch.get_num_threads() == before
+
+
+def optimizer_settings(optimizer) -> list[dict]:
+    """Each parameter group's settings and size; `initial_lr` is the cell's LR schedule's record, not a setting."""
+    return [{**{k: v for k, v in group.items() if k not in ("params", "initial_lr")}, "params": len(group["params"])}
+            for group in optimizer.param_groups]
+
+
+@pytest.mark.parametrize("optim", [{"optim.name": "sgd", "optim.momentum": 0.5, "optim.lr": 0.05},
+                                   {"optim.name": "adamw"}])
+def test_bench_trains_the_cells_student_with_the_cells_optimizer(optim):
+    """bench.training builds what the loop builds for a cell: the same initial weights and the same
+    optimizer, momentum included (SGD with momentum 0.5: a builder that dropped it would get 0.9 or 0)."""
+    import torch
+
+    from orchestrator.bench.training import loop_training
+    from trainers.loop import build_training_state
+    from trainers.loop_inputs import LoopInputs
+
+    config = bench.protocol_config(optim)
+    ours = loop_training(config)
+    state = build_training_state(LoopInputs(config, num_classes=10), "cpu", None)
+    model, optimizer = state.model, state.optimizer
+    assert optimizer_settings(ours.optimizer) == optimizer_settings(optimizer)
+    if optim["optim.name"] == "sgd":
+        assert {group["momentum"] for group in ours.optimizer.param_groups} == {0.5}
+    theirs = model.state_dict()
+    assert all(torch.equal(value, theirs[key]) for key, value in ours.model.state_dict().items())
+
+
+def test_only_bench_training_builds_or_steps_an_optimizer():
+    """Every bench path that trains goes through bench/training.py (the loop's builders and step):
+    no other bench module has a training loop of its own."""
+    own_loop = ("build_optimizer", "create_optimizer", "torch.optim.", ".backward(", ".zero_grad(", "optimizer.step(")
+    offenders = {path.name: [word for word in own_loop if word in path.read_text()]
+                 for path in sorted((REPO / "orchestrator" / "bench").glob("*.py")) if path.name != "training.py"}
+    assert {name: words for name, words in offenders.items() if words} == {}
 
 
 def test_quick_variants_leave_out_compiling_and_emulated_bf16():
@@ -166,7 +203,7 @@ def test_quick_json_of_the_cheap_benchmarks_has_flat_figures(monkeypatch, tmp_pa
     """`--quick --only train_step eval` through the CLI (eval on 500 images): flat dotted figures."""
     import functools
 
-    monkeypatch.setitem(bench.BENCHMARKS, "eval", functools.partial(bench.bench_eval, images=500, train_steps=2))
+    monkeypatch.setitem(runner.BENCHMARKS, "eval", functools.partial(bench.bench_eval, images=500, train_steps=2))
     out = tmp_path / "r.json"
     assert bench.main(["--only", "train_step", "eval", "--quick", "--output-dir", str(tmp_path),
                        "--json", str(out)]) == 0
@@ -201,7 +238,7 @@ def test_only_runs_the_selected_benchmarks(monkeypatch, tmp_path, capsys):
             return {"rate": Figure(1.5, "images/s")}
         return run
 
-    monkeypatch.setattr(bench, "BENCHMARKS", {name: fake(name) for name in BENCHMARKS})
+    monkeypatch.setattr(runner, "BENCHMARKS", {name: fake(name) for name in BENCHMARKS})
     out = tmp_path / "r.json"
     assert bench.main(["--only", "cell", "pipeline", "--quick", "--output-dir", str(tmp_path),
                        "--json", str(out)]) == 0
@@ -221,7 +258,7 @@ def test_failing_benchmark_is_reported_and_others_still_run(monkeypatch, tmp_pat
     def broken(ctx):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(bench, "BENCHMARKS", {"broken": broken, "ok": lambda ctx: {"x": Figure(2.0, "s")}})
+    monkeypatch.setattr(runner, "BENCHMARKS", {"broken": broken, "ok": lambda ctx: {"x": Figure(2.0, "s")}})
     out = tmp_path / "r.json"
     assert bench.main(["--output-dir", str(tmp_path), "--json", str(out)]) == 1
     results = json.loads(out.read_text())["results"]
@@ -233,7 +270,7 @@ def test_cli_verb_writes_json_with_machine_facts(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench.add_bench_parser(parser.add_subparsers(dest="verb", required=True))
     args = parser.parse_args(["bench", "--only", "augment", "--quick", "--output-dir", str(tmp_path)])
-    assert args.func is bench.cmd_bench
+    assert args.func is bench.cmd_bench is runner.cmd_bench
     assert args.func(args) == 0
     written = list((tmp_path / "bench").glob("bench-*.json"))
     assert len(written) == 1

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.evaluate import Accuracy, evaluate
+from trainers.evaluate import Accuracy, cpu_inference_layout, evaluate
+from trainers.models import create_student
 
 
 def _hand_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,3 +82,40 @@ def test_evaluate_applies_reduce() -> None:
     batches = [(torch.randn(2, 1, 2, 2), torch.tensor([0, 1]))]
     doubled = evaluate(model, batches, num_classes=3, device="cpu", reduce=lambda tensor: tensor * 2)
     assert doubled["count"] == 4
+
+
+def perturbed_convnet(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_student(name, num_classes=10, in_chans=1, img_size=28).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("name", ["convnet3", "convnet3_w32"])
+def test_cpu_inference_layout_computes_the_same_logits(name: str) -> None:
+    """Evaluation on CPU runs each op of a ConvNet block in its fastest memory layout; the logits must
+    be those of the plain NCHW forward, and the model is plain NCHW again afterwards."""
+    model = perturbed_convnet(name)
+    images = torch.randn(32, 1, 28, 28)
+    with torch.inference_mode():
+        reference = model(images)
+        assert not model.features[0](images).is_contiguous(memory_format=torch.channels_last)
+        with cpu_inference_layout(model, "cpu"):
+            logits = model(images)
+            assert model.features[0](images).is_contiguous(memory_format=torch.channels_last)
+        assert not model.features[0](images).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_evaluate_in_either_cpu_layout_gives_the_same_accuracy() -> None:
+    model = perturbed_convnet("convnet3_w32")
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(32, 1, 28, 28, generator=generator), torch.randint(0, 10, (32,), generator=generator))
+               for _ in range(3)]
+    fast = evaluate(model, batches, num_classes=10, device="cpu")
+    plain = evaluate(model, batches, num_classes=10, device="cpu", cpu_layout=False)
+    assert fast["per_class_top1"] == plain["per_class_top1"] and fast["top5"] == plain["top5"]
+    assert fast["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert all(not block.conv._forward_pre_hooks for block in model.features)

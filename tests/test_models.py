@@ -126,25 +126,6 @@ def test_resnet_students_are_initialised_like_torchvision_resnet18(name):
             assert ours.std().item() == pytest.approx(theirs.std().item(), rel=0.2), key  # same kaiming fan_out
 
 
-@pytest.mark.parametrize("name", ["convnet3", "convnet3_w32"])
-def test_convnet_cpu_inference_layout_computes_the_same_logits(name: str) -> None:
-    """Evaluation on CPU runs each op in its fastest memory layout (trainers/models.py
-    ConvBlock._forward_cpu_inference); the logits must be those of the plain NCHW forward."""
-    torch.manual_seed(0)
-    model = create_student(name, num_classes=10, in_chans=1, img_size=28).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.1)
-    images = torch.randn(32, 1, 28, 28)
-    with torch.enable_grad():  # the training path: NCHW throughout
-        reference = model(images)
-        assert not model.features[0](images).is_contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        logits = model(images)
-        assert model.features[0](images).is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(logits, reference.detach(), rtol=1e-4, atol=1e-4)
-
-
 def test_a_plain_weights_file_is_a_teacher_of_teacher_model(tmp_path) -> None:
     """teacher.source may be a state dict (e.g. torchvision's resnet18-f37072fd.pth) for teacher.model's
     architecture."""

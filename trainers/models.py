@@ -84,29 +84,13 @@ class ConvBlock(nn.Module):
 
     def __init__(self, in_chans: int, width: int, norm: str = "instance") -> None:
         super().__init__()
-        self.cpu_inference_layout = True  # False: NCHW throughout (bench's reference)
         self.conv = nn.Conv2d(in_chans, width, kernel_size=3, padding=1)
         self.norm = nn.BatchNorm2d(width) if norm == "batch" else nn.GroupNorm(width, width, affine=True)
         self.act = nn.ReLU(inplace=True)
         self.pool = nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._cpu_inference(x):
-            return self._forward_cpu_inference(x)
         return self.pool(self.act(self.norm(self.conv(x))))
-
-    def _cpu_inference(self, x: torch.Tensor) -> bool:
-        return (self.cpu_inference_layout and x.device.type == "cpu" and not self.training
-                and not torch.is_grad_enabled() and isinstance(self.norm, nn.GroupNorm))
-
-    def _forward_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """The same function, each op in the memory layout that is fastest on CPU: oneDNN's convolution
-        and the pooling in channels_last, GroupNorm (slow in channels_last on CPU) in NCHW.
-        With small evaluation batches (eval.batch_size 32 in the fmnist protocols) it evaluates ConvNet-3
-        ~2.5x faster than NCHW throughout (`python -m orchestrator bench --only eval`)."""
-        x = self.conv(x.contiguous(memory_format=torch.channels_last))
-        x = self.act(self.norm(x.contiguous()))
-        return self.pool(x.contiguous(memory_format=torch.channels_last))
 
 
 class ConvNet(nn.Module):
