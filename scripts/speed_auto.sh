@@ -31,4 +31,3 @@ timed auto-warm-s1 "${CELL[@]}" --seed 1 "${AUTO[@]}"
 timed fp32-s1 "${CELL[@]}" --seed 1
 timed bench python3 -m orchestrator bench --only train_step eval --output-dir "$OUT" --json "$OUT/bench.json"
 grep -h "top-1 final" "$OUT"/*-s?.log
-python3 -m orchestrator report --experiment fmnist-hard --output-dir "$OUT" --no-log --summary | tail -12
