@@ -69,15 +69,15 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
     name = cell_name(config)
     uri = tracking.tracking_uri(config)
     experiment_id = tracking.ensure_experiment(uri, config.experiment_name, config.out)
+    previous = tracking.find_run(uri, experiment_id, cell=name, role=role)
+    storage = config.out / "ray_results"
+    if previous is not None and previous.info.status == "FINISHED" and not force:  # its set is not built again
+        print(f"[{name}] already finished: MLflow run {previous.info.run_id}", flush=True)
+        return CellResult(name, previous.info.run_id, finished_summary(previous),
+                          previous.data.tags.get("fingerprint", ""), latest_checkpoint(storage / name), skipped=True)
     data = prepare_data(config)
     check_batch_split(config, data.train.num_rows)
     teacher = resolve_teacher(config) if config.label_mode == "soft" else None  # checked before any run starts
-    previous = tracking.find_run(uri, experiment_id, cell=name, role=role)
-    storage = config.out / "ray_results"
-    if previous is not None and previous.info.status == "FINISHED" and not force:
-        print(f"[{name}] already finished: MLflow run {previous.info.run_id}", flush=True)
-        return CellResult(name, previous.info.run_id, finished_summary(previous), data.train.fingerprint,
-                          latest_checkpoint(storage / name), skipped=True)
     if previous is None or previous.info.status == "FINISHED" or force:
         shutil.rmtree(storage / name, ignore_errors=True)  # a forced rerun starts from scratch
         if previous is not None and previous.info.status == "RUNNING":  # left by a killed attempt

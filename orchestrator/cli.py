@@ -79,7 +79,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import run_report
     from orchestrator.tracking import sweep_run_id
 
-    uri, output_dir = report_store(args)
+    from orchestrator.tracking import experiment_store
+
+    uri, output_dir = experiment_store(args.experiment, args.output_dir, args.tracking_uri)
     out_dir = Path(args.out or output_dir / "reports" / args.experiment)
     paths = run_report(uri, args.experiment, out_dir, log=not args.no_log,
                        parent_run_id=sweep_run_id(uri, args.experiment), html=args.html)
@@ -108,22 +110,6 @@ def fill_results_page(uri: str, experiment: str, page: Path) -> None:
                        origin=f"`report --into` at {datetime.now().strftime('%Y-%m-%d %H:%M')}")
     fill_page_block(page, experiment, block)
     print(f"tables of {experiment} written into {page}")
-
-
-def report_store(args: argparse.Namespace) -> tuple[str, Path]:
-    """(store URI, output folder) of the experiment: the flags, else ./outputs or where it was written."""
-    from orchestrator.tracking import default_uri, has_experiment, known_locations
-
-    if args.tracking_uri or args.output_dir or os.environ.get("MLFLOW_TRACKING_URI"):
-        output_dir = Path(args.output_dir or "outputs")
-        return args.tracking_uri or default_uri(output_dir), output_dir
-    places = list(dict.fromkeys([Path("outputs").resolve(), *known_locations(args.experiment)]))
-    for folder in places:
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-        if (folder / "mlflow.db").is_file() and has_experiment(uri, args.experiment):
-            return uri, folder
-    raise OrchestratorError(f"experiment {args.experiment!r} not found in {' or '.join(map(str, places))}: "
-                            f"pass the --output-dir the sweep or run wrote to")
 
 
 def render_terminal_from(paths: dict) -> str:
@@ -254,6 +240,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_config_args(distill)
     distill.set_defaults(func=cmd_distill)
 
+    from orchestrator.archive import add_archive_parser
     from orchestrator.bench import add_bench_parser
     from orchestrator.cluster import add_submit_parser
     from orchestrator.prune_job import add_prune_parser
@@ -263,6 +250,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_bench_parser(verbs)
     add_submit_parser(verbs)
     add_rethinkdc_parser(verbs)
+    add_archive_parser(verbs)
 
     data = verbs.add_parser("data", help="dataset utilities").add_subparsers(dest="data_verb", required=True)
     prepare = data.add_parser("prepare", help="convert a dataset into the benchmark schema")

@@ -105,7 +105,15 @@ def prepare_prerequisites(sweep: Sweep, parent_id: str) -> None:
     from orchestrator.teacher_job import ensure_prerequisites
 
     for config in sweep.cells:
-        ensure_prerequisites(config, parent_run_id=parent_id)
+        if not finished(config):  # a finished cell (an archived one too) needs nothing trained again
+            ensure_prerequisites(config, parent_run_id=parent_id)
+
+
+def finished(config: Config) -> bool:
+    uri = tracking.tracking_uri(config)
+    experiment_id = tracking.ensure_experiment(uri, config.experiment_name, config.out)
+    previous = tracking.find_run(uri, experiment_id, cell=cell_name(config))
+    return previous is not None and previous.info.status == "FINISHED"
 
 
 def cell_trial(params: dict) -> None:

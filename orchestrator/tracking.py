@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from orchestrator.config import Config, flatten, to_yaml
+from orchestrator.errors import OrchestratorError
 from orchestrator.files import writable_dir, write_text
 from orchestrator.locks import file_lock, store_lock
 from orchestrator.store_retry import retrying_client, sqlite_path
@@ -144,6 +145,20 @@ def record_location(name: str, out: Path) -> None:
             write_text(path, json.dumps(recorded, indent=1))
     except (OSError, ValueError):
         pass
+
+
+def experiment_store(experiment: str, output_dir: str | None, tracking_uri: str | None) -> tuple[str, Path]:
+    """(store URI, output folder) of an experiment: the flags given, else ./outputs or where it was written."""
+    if tracking_uri or output_dir or os.environ.get("MLFLOW_TRACKING_URI"):
+        folder = Path(output_dir or "outputs")
+        return tracking_uri or default_uri(folder), folder
+    places = list(dict.fromkeys([Path("outputs").resolve(), *known_locations(experiment)]))
+    for folder in places:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        if (folder / "mlflow.db").is_file() and has_experiment(uri, experiment):
+            return uri, folder
+    raise OrchestratorError(f"experiment {experiment!r} not found in {' or '.join(map(str, places))}: "
+                            f"pass the --output-dir the sweep or run wrote to")
 
 
 def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
@@ -276,3 +291,51 @@ def terminate(uri: str, run_id: str, status: str = "FINISHED") -> None:
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{uri}  (experiment {experiment_id}, run {run_id}); browse with `python -m orchestrator ui`"
+
+
+# ------------------------------------------------------------------ archive (orchestrator/archive.py)
+BATCH = 100  # MLflow's log_batch takes at most 100 params or tags and 1,000 metrics per call
+
+
+def finished_cell_runs(uri: str, experiment: str) -> list:
+    """The newest FINISHED run of each cell of `experiment`, oldest cell first."""
+    client = retrying_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise OrchestratorError(f"experiment {experiment!r} is not in the store {uri}: pass the --output-dir "
+                                f"the sweep wrote to")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], "tags.role = 'cell' and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    newest = {}
+    for run in runs:
+        newest.setdefault(run.data.tags["cell"], run)
+    return sorted(newest.values(), key=lambda run: run.info.start_time)
+
+
+def metric_histories(uri: str, run) -> dict[str, list]:
+    """Every metric of the run as its full history, `[step, timestamp, value]` rows in step order."""
+    client = retrying_client(uri)
+    return {key: sorted([m.step, m.timestamp, m.value] for m in client.get_metric_history(run.info.run_id, key))
+            for key in sorted(run.data.metrics)}
+
+
+def recreate_run(uri: str, experiment_id: str, record: dict) -> str:
+    """A run made from `archive.run_record`'s data: same name, times, tags, params, metric histories, status."""
+    client = retrying_client(uri)
+    run_id = client.create_run(experiment_id, start_time=record["start_time"], run_name=record["run_name"],
+                               tags=record["tags"]).info.run_id
+    params = [Param(key, value) for key, value in record["params"].items()]
+    metrics = [Metric(key, value, timestamp, step) for key, history in record["metrics"].items()
+               for step, timestamp, value in history]
+    for start in range(0, len(params), BATCH):
+        client.log_batch(run_id, params=params[start:start + BATCH])
+    for start in range(0, len(metrics), 10 * BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + 10 * BATCH])
+    client.set_terminated(run_id, record["status"], end_time=record["end_time"])
+    return run_id
