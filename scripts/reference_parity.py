@@ -2,7 +2,7 @@
 
     python3 -m venv /tmp/refvenv --system-site-packages
     /tmp/refvenv/bin/pip install --no-deps rethinkdc==0.3.2 wandb rich
-    python3 scripts/reference_parity.py --out /tmp/parity [--schedule-epochs 30] [--train-epochs 8] [--seeds 0 1 2]
+    python3 scripts/reference_parity.py --out /tmp/parity --train-epochs 10 --teacher-epochs 2 --seeds 0 1 2
 
 Both sides read the same Fashion-MNIST image folder in ImageNet layout, written here: 10 images per
 class for training, 100 per class (1,000) for validation, stored at `--size` px (224 by default,
@@ -20,7 +20,14 @@ only its scheduler runs; ours from trainers/optim.py as the loop steps it); (b) 
 batch from the same initial weights and the same batch, and the weights after one AdamW step (the
 reference's images, targets and initial ResNet-18 are captured inside its run; ours is timm's
 resnet18 built by create_student with 1,000 outputs, as the reference's always has); (c) top-1 after
-`--train-epochs` epochs, per seed. The table is printed and written to OUT/parity.md and OUT/parity.json.
+`--train-epochs` epochs, per seed, and the mean ± std over seeds, with hard labels and with soft labels.
+For the top-1 runs the shim gives the reference's ResNet-18s 10 outputs, as many as the set has classes
+(its 1,000 are ImageNet-1K's; this project's student has one output per class), so both sides train the
+same network. Soft labels: both sides load the same local teacher file, a ResNet-18 (10 outputs, 224 px)
+trained by this project's `teacher` verb on 200 training images per class (`--teacher-epochs`), saved
+as a plain state dict: this project's side through `rethinkdc --soft --teacher-weights FILE`, the
+reference's through its `torchvision.models.resnet18(pretrained=True)`, which the shim reads from the
+file instead of downloading. The table is printed and written to OUT/parity.md and OUT/parity.json.
 """
 
 from __future__ import annotations
@@ -33,18 +40,22 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_PER_CLASS, VAL_PER_CLASS = 10, 100
+TRAIN_PER_CLASS, VAL_PER_CLASS, TEACHER_PER_CLASS = 10, 100, 200
+CLASSES = 10
+TEACHER_FILE = "teacher-resnet18.pth"  # the soft-label teacher both sides load: a plain state dict, 10 outputs
 
 
 # ---------------------------------------------------------------- the data (this project's python)
 
 
-def write_folders(out: Path, size: int) -> tuple[Path, Path]:
-    """out/train/c<k>/<index>.png (first 10 per class) and out/val/c<k>/... (first 100 per class of test)."""
+def write_folders(out: Path, size: int) -> tuple[Path, Path, Path]:
+    """out/train-<size>/c<k>/<index>.png (first 10 training images per class), out/val-<size>/... (first 100
+    test images per class) and out/teacher-<size>/... (first 200 training images per class: the teacher's)."""
     from orchestrator.data.prepare import FASHION_MNIST_RAW, encode_png, load_fashion_mnist_split
 
     folders = {}
-    for split, name, per_class in (("train", "train", TRAIN_PER_CLASS), ("test", "val", VAL_PER_CLASS)):
+    for split, name, per_class in (("train", "train", TRAIN_PER_CLASS), ("test", "val", VAL_PER_CLASS),
+                                   ("train", "teacher", TEACHER_PER_CLASS)):
         root = out / f"{name}-{size}"
         folders[name] = root
         if (root / "done").exists():
@@ -55,7 +66,7 @@ def write_folders(out: Path, size: int) -> tuple[Path, Path]:
             for index in (labels == label).nonzero()[0][:per_class]:
                 (root / f"c{label}" / f"{index:05d}.png").write_bytes(encode_png(images[index], size, "RGB"))
         (root / "done").write_text("")
-    return folders["train"], folders["val"]
+    return folders["train"], folders["val"], folders["teacher"]
 
 
 # ---------------------------------------------------------------- the reference (its venv's python)
@@ -177,18 +188,36 @@ def empty_loaders() -> None:
     torch.utils.data.DataLoader = NoBatches
 
 
-def reference_yaml(out: Path) -> Path:
-    """The reference's standard_hard_config.yaml with `workers: 0` (its `-j` never overrides the YAML)."""
+def reference_yaml(out: Path, labels: str) -> Path:
+    """The reference's standard_<labels>_config.yaml with `workers: 0` (its `-j` never overrides the YAML)."""
     import importlib.resources
 
     import yaml
 
-    reference_config = importlib.resources.files("rethinkdc").joinpath("dc_config/standard_hard_config.yaml")
+    reference_config = importlib.resources.files("rethinkdc").joinpath(f"dc_config/standard_{labels}_config.yaml")
     values = yaml.safe_load(reference_config.read_text())
     values["workers"] = 0
-    path = out / "reference_hard.yaml"
+    path = out / f"reference_{labels}.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
+
+
+def resnets_with_the_sets_classes(teacher_file: Path) -> None:
+    """The reference's ResNet-18s get as many outputs as the set has classes (its 1,000 are ImageNet-1K's,
+    where the two agree), and its `pretrained=True` teacher is the local teacher file, not a download."""
+    import torch
+    import torchvision
+
+    build = torchvision.models.resnet18
+
+    def resnet18(*args, pretrained=False, **kwargs):
+        model = build(*args, num_classes=CLASSES, **kwargs)
+        if pretrained:
+            model.load_state_dict(torch.load(teacher_file, weights_only=True))
+        return model
+
+    torchvision.models.resnet18 = resnet18
+    torchvision.models.__dict__["resnet18"] = resnet18
 
 
 def run_reference(args: argparse.Namespace) -> None:
@@ -200,8 +229,11 @@ def run_reference(args: argparse.Namespace) -> None:
         capture_first_step(out)
     if args.child == "schedule":
         empty_loaders()
+    labels = "soft" if args.child == "train-soft" else "hard"
+    if args.child.startswith("train"):
+        resnets_with_the_sets_classes(out / TEACHER_FILE)
     os.environ["IMAGENET_VAL_DIR"] = args.val
-    sys.argv = ["rethinkdc", args.train, "--yaml", str(reference_yaml(out)), "--epochs", str(args.epochs),
+    sys.argv = ["rethinkdc", args.train, "--yaml", str(reference_yaml(out, labels)), "--epochs", str(args.epochs),
                 "--ipc", str(TRAIN_PER_CLASS), "--output-dir", str(out / f"ref-{args.child}-s{args.seed}")]
     from rethinkdc.train_KD import main
 
@@ -274,30 +306,67 @@ def compare_first_step(args: argparse.Namespace) -> dict:
                                                  for name, _ in model.named_parameters())}
 
 
-def our_top1(args: argparse.Namespace, seed: int) -> float:
+def our_top1(args: argparse.Namespace, seed: int, labels: str) -> float:
+    """Top-1 of this project's cell run by its `rethinkdc` command (hard.yaml or soft.yaml)."""
     from orchestrator.rethinkdc_cli import main
     from orchestrator.store_retry import retrying_client
 
     out_dir = Path(args.out) / "ours"
-    code = main([str(args.train), "--hard", "--val-dir", str(args.val), "--epochs", str(args.train_epochs),
-                 "--ipc", str(TRAIN_PER_CLASS), "--seed", str(seed), "--output-dir", str(out_dir),
-                 "--set", "eval.every=50", "--set", "train.threads=0"])
+    teacher = ["--teacher-weights", str(Path(args.out) / TEACHER_FILE)] if labels == "soft" else []
+    code = main([str(args.train), f"--{labels}", *teacher, "--val-dir", str(args.val), "--epochs",
+                 str(args.train_epochs), "--ipc", str(TRAIN_PER_CLASS), "--seed", str(seed), "--output-dir",
+                 str(out_dir), "--set", "eval.every=50", "--set", "train.threads=0"])
     if code:
         raise SystemExit(f"our cell failed (exit {code})")
     client = retrying_client(f"sqlite:///{out_dir / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("imagenet-hard").experiment_id
-    run = client.search_runs([experiment], filter_string=f"params.seed = '{seed}' and "
-                             f"params.`schedule.epochs` = '{args.train_epochs}'")[0]
+    experiment = client.get_experiment_by_name(f"imagenet-{labels}").experiment_id
+    run = client.search_runs([experiment], filter_string=f"params.seed = '{seed}' and tags.role = 'cell' and "
+                             f"attributes.status = 'FINISHED' and params.`schedule.epochs` = '{args.train_epochs}'",
+                             order_by=["attributes.start_time DESC"])[0]
     return run.data.metrics["val/top1_final"]
 
 
-def compare_top1(args: argparse.Namespace) -> dict:
+def compare_top1(args: argparse.Namespace, labels: str) -> dict:
+    """Top-1 of both sides per seed, their mean and sample std, and whether the means differ by less
+    than the larger seed spread."""
+    import statistics
+
     rows = []
     for seed in args.seeds:
-        logs = reference(args, "train", args.train_epochs, seed)["logs"]
+        mode = "train-soft" if labels == "soft" else "train"
+        logs = reference(args, mode, args.train_epochs, seed)["logs"]
         theirs = [entry["val/top1"] for entry in logs if "val/top1" in entry][-1]
-        rows.append({"seed": seed, "reference": theirs, "ours": our_top1(args, seed)})
-    return {"epochs": args.train_epochs, "rows": rows}
+        rows.append({"seed": seed, "reference": theirs, "ours": our_top1(args, seed, labels)})
+    summary = {side: (statistics.mean(r[side] for r in rows),
+                      statistics.stdev(r[side] for r in rows) if len(rows) > 1 else 0.0)
+               for side in ("reference", "ours")}
+    spread = max(summary["reference"][1], summary["ours"][1])
+    gap = summary["ours"][0] - summary["reference"][0]
+    return {"epochs": args.train_epochs, "labels": labels, "rows": rows, "mean_std": summary,
+            "within_seed_spread": abs(gap) <= spread}
+
+
+def train_teacher(args: argparse.Namespace) -> dict:
+    """The soft-label teacher both sides load: ResNet-18 (10 outputs, 224 px) trained by this project's
+    `teacher` verb on the teacher folder, saved as a plain state dict with torchvision's names."""
+    import torch
+
+    from orchestrator.config import load_config
+    from orchestrator.store_retry import retrying_client
+    from orchestrator.teacher_job import train_teacher as train
+
+    config = load_config(REPO / "configs" / "soft.yaml", {
+        "data.train": str(args.teacher_dir), "data.val": str(args.val), "data.source_template": None,
+        "output_dir": str(Path(args.out) / "teacher"), "teacher.source": "auto",
+        "teacher.epochs": args.teacher_epochs, "teacher.batch_size": 64, "train.workers": 0,
+        "train.use_gpu": None, "train.threads": 0, "prune.score_runs": 1})  # the teacher run only
+    path = train(config)
+    torch.save(torch.load(path, weights_only=True)["state_dict"], Path(args.out) / TEACHER_FILE)
+    client = retrying_client(f"sqlite:///{config.out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(config.experiment_name).experiment_id
+    run = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    return {"images": TEACHER_PER_CLASS * 10, "epochs": args.teacher_epochs,
+            "top1": run.data.metrics.get("val/top1_final")}
 
 
 def table(results: dict, args: argparse.Namespace) -> str:
@@ -313,10 +382,27 @@ def table(results: dict, args: argparse.Namespace) -> str:
         lines.append(f"| parameters and BatchNorm statistics after one AdamW step (it moved parameters by up to "
                      f"{f['step_moved_parameters_max_abs']:.1e}) | | | "
                      f"max abs {f['weights_after_step_max_abs_diff']:.1e} |")
-    for row in results.get("top1", {}).get("rows", []):
-        lines.append(f"| top-1 %, {results['top1']['epochs']} epochs, seed {row['seed']} | {row['reference']:.2f} "
-                     f"| {row['ours']:.2f} | {row['ours'] - row['reference']:+.2f} |")
-    return "\n".join(lines) + f"\n\nimages stored at {args.size} px\n"
+    for key in ("top1", "top1_soft"):
+        lines.extend(top1_rows(results.get(key)))
+    teacher = results.get("teacher")
+    note = (f"; teacher: ResNet-18, {teacher['images']} images, {teacher['epochs']} epochs, "
+            f"top-1 {teacher['top1']:.2f} %" if teacher else "")
+    return "\n".join(lines) + f"\n\nimages stored at {args.size} px{note}\n"
+
+
+def top1_rows(top1: dict | None) -> list[str]:
+    if not top1:
+        return []
+    labels = top1.get("labels", "hard")
+    lines = [f"| top-1 %, {labels} labels, {top1['epochs']} epochs, seed {row['seed']} | {row['reference']:.2f} "
+             f"| {row['ours']:.2f} | {row['ours'] - row['reference']:+.2f} |" for row in top1["rows"]]
+    if "mean_std" in top1 and len(top1["rows"]) > 1:
+        (ref_mean, ref_std), (our_mean, our_std) = top1["mean_std"]["reference"], top1["mean_std"]["ours"]
+        verdict = "within" if top1["within_seed_spread"] else "outside"
+        lines.append(f"| **top-1 %, {labels} labels, mean ± std over {len(top1['rows'])} seeds** | {ref_mean:.2f} ± "
+                     f"{ref_std:.2f} | {our_mean:.2f} ± {our_std:.2f} | {our_mean - ref_mean:+.2f} ({verdict} the "
+                     f"seed spread) |")
+    return lines
 
 
 def parse_args() -> argparse.Namespace:
@@ -327,9 +413,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--schedule-epochs", type=int, default=30)
     parser.add_argument("--train-epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="top-1 seeds (none: skip top-1)")
-    parser.add_argument("--only", nargs="*", default=["schedule", "first_step", "top1"],
+    parser.add_argument("--teacher-epochs", type=int, default=4, help="the soft-label teacher's epochs")
+    parser.add_argument("--only", nargs="*", default=["schedule", "first_step", "top1", "teacher", "top1_soft"],
                         help="checks to run; the others keep their results from OUT/parity.json")
-    parser.add_argument("--child", choices=["schedule", "first-step", "train"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["schedule", "first-step", "train", "train-soft"], help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--val", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
@@ -345,12 +432,16 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     args.out = Path(args.out).resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    args.train, args.val = write_folders(args.out, args.size)
-    checks = {"schedule": compare_schedules, "first_step": compare_first_step, "top1": compare_top1}
+    args.train, args.val, args.teacher_dir = write_folders(args.out, args.size)
+    checks = {"schedule": compare_schedules, "first_step": compare_first_step,
+              "top1": lambda a: compare_top1(a, "hard"), "teacher": train_teacher,
+              "top1_soft": lambda a: compare_top1(a, "soft")}
     kept = args.out / "parity.json"  # checks not in --only keep their last results
     results = json.loads(kept.read_text()) if kept.is_file() else {}
-    results.update({name: checks[name](args) for name in args.only if name != "top1" or args.seeds})
-    (args.out / "parity.json").write_text(json.dumps(results, indent=2))
+    for name in args.only:  # in order: the teacher is trained before the soft cells read it
+        if args.seeds or not name.startswith("top1"):
+            results[name] = checks[name](args)
+            (args.out / "parity.json").write_text(json.dumps(results, indent=2))
     (args.out / "parity.md").write_text(table(results, args))
     print(table(results, args))
     return 0
