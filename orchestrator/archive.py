@@ -25,6 +25,7 @@ DEFAULT_FOLDER = Path("results/runs")
 #: sets itself: not written, so a run exported, imported and exported again gives the same file
 DROPPED_TAGS = ("mlflow.parentRunId", "archive.")
 IMPORTED_FROM = "archive.imported_from"
+COPIED_FROM = "archive.copied_from"
 
 
 def export_experiment(uri: str, experiment: str, folder: Path) -> list[Path]:
@@ -57,6 +58,15 @@ def import_record(uri: str, record: dict, artifact_root: Path, source: str) -> s
     if previous is not None and previous.info.status == "FINISHED":
         return None
     return tracking.recreate_run(uri, experiment_id, {**record, "tags": {**tags, IMPORTED_FROM: source}})
+
+
+def copy_run(uri: str, run, experiment_id: str, parent_run_id: str | None = None) -> str:
+    """A copy of a finished run in another experiment of the same store (under `parent_run_id`, a sweep's run)."""
+    record = run_record(uri, "", run)
+    tags = {**record["tags"], COPIED_FROM: f"experiment {run.info.experiment_id}, run {run.info.run_id}"}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tracking.recreate_run(uri, experiment_id, {**record, "tags": tags})
 
 
 def archive_files(paths: Iterable[Path]) -> Iterator[Path]:

@@ -71,6 +71,8 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
     experiment_id = tracking.ensure_experiment(uri, config.experiment_name, config.out)
     previous = tracking.find_run(uri, experiment_id, cell=name, role=role)
     storage = config.out / "ray_results"
+    if previous is None and not force:  # the same cell finished in another experiment: its run, copied
+        previous = copy_finished_elsewhere(uri, experiment_id, name, role, parent_run_id)
     if previous is not None and previous.info.status == "FINISHED" and not force:  # its set is not built again
         print(f"[{name}] already finished: MLflow run {previous.info.run_id}", flush=True)
         return CellResult(name, previous.info.run_id, finished_summary(previous),
@@ -156,6 +158,18 @@ def fit(config: Config, data: CellData, name: str, storage: Path, uri: str, run_
     # A resumed cell's wall time also counts its earlier attempts (up to the checkpoint it resumed from).
     summary["wall_seconds"] = time.perf_counter() - started + summary.get("prior_wall_seconds", 0.0)
     return summary, checkpoint_dir
+
+
+def copy_finished_elsewhere(uri: str, experiment_id: str, name: str, role: str, parent_run_id: str | None):
+    """This cell's finished run from another experiment of the store, copied into this one; None if none."""
+    from orchestrator.archive import copy_run
+
+    found = tracking.find_finished_anywhere(uri, cell=name, role=role)
+    if found is None:
+        return None
+    print(f"[{name}] finished in experiment {found.info.experiment_id}: its run is copied, not trained again",
+          flush=True)
+    return tracking.get_run(uri, copy_run(uri, found, experiment_id, parent_run_id))
 
 
 def raised_by_the_loop(error: Exception) -> Exception:

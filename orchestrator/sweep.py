@@ -110,10 +110,8 @@ def prepare_prerequisites(sweep: Sweep, parent_id: str) -> None:
 
 
 def finished(config: Config) -> bool:
-    uri = tracking.tracking_uri(config)
-    experiment_id = tracking.ensure_experiment(uri, config.experiment_name, config.out)
-    previous = tracking.find_run(uri, experiment_id, cell=cell_name(config))
-    return previous is not None and previous.info.status == "FINISHED"
+    """The cell finished in this experiment or another of the store (`run_cell` then copies its run)."""
+    return tracking.find_finished_anywhere(tracking.tracking_uri(config), cell=cell_name(config)) is not None
 
 
 def cell_trial(params: dict) -> None:

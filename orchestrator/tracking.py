@@ -169,6 +169,21 @@ def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
     return runs[0] if runs else None
 
 
+def get_run(uri: str, run_id: str):
+    return retrying_client(uri).get_run(run_id)
+
+
+def find_finished_anywhere(uri: str, *, cell: str, role: str = "cell"):
+    """The newest FINISHED run of this cell in any experiment of the store, or None. A cell's name holds the
+    hash of every value that changes its result, so two experiments naming one cell trained the same thing."""
+    client = retrying_client(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.cell = '{cell}' and tags.role = '{role}' "
+                              f"and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    return runs[0] if runs else None
+
+
 def sweep_run_id(uri: str, experiment: str) -> str | None:
     """The experiment's sweep parent run, where the report is logged back (None: a new report run)."""
     client = retrying_client(uri)

@@ -93,3 +93,19 @@ def test_cli_exports_and_imports_and_names_a_bad_file(finished, tmp_path, capsys
         import_archive(f"sqlite:///{tmp_path / 't' / 'mlflow.db'}", [bad], tmp_path / "t")
     with pytest.raises(OrchestratorError, match="no such archive file or folder"):
         import_archive(f"sqlite:///{tmp_path / 't' / 'mlflow.db'}", [tmp_path / "missing"], tmp_path / "t")
+
+
+def test_a_cell_finished_in_another_experiment_is_copied_not_trained(finished, tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    elsewhere = replace(finished["config"], {"experiment": "another-study", "data.root": str(empty)})
+    assert cell_name(elsewhere) == cell_name(finished["config"])  # the experiment is not part of the cell
+    assert sweep_finished(elsewhere)  # so a sweep of it trains no prerequisite either
+    result = run_cell(elsewhere)
+    assert result.skipped and result.run_id != finished["result"].run_id and list(empty.iterdir()) == []
+    uri = tracking_uri(finished["config"])
+    copied, original = load_cell_runs(uri, "another-study"), load_cell_runs(uri, EXPERIMENT)
+    assert copied[SAME].equals(original[SAME])
+    tags = MlflowClient(uri).get_run(result.run_id).data.tags
+    assert tags["archive.copied_from"].endswith(finished["result"].run_id)
+    assert run_cell(elsewhere).run_id == result.run_id  # once copied, found in its own experiment
