@@ -1,7 +1,8 @@
 """Ray runtime: connect to a cluster (RAY_ADDRESS / --address) or use one local Ray; pick devices.
 
 Without an address, programs of one workspace (checkout) share one local Ray instead of starting
-one each; programs of another checkout start their own. The first program starts it and records its
+one each; programs of another checkout, or with another ORCHESTRATOR_HOME (those a test suite starts),
+start their own. The first program starts it and records its
 address, pid and session folder (`local_ray_file`); later ones join it. The starter keeps it running at
 exit until the programs that joined it are done (its Ray stops with it). When the starter was killed
 (SIGKILL), Ray's agents outlive it; the next program of the workspace stops exactly that Ray's processes
@@ -205,10 +206,13 @@ def workspace() -> Path:
 
 def local_ray_file() -> Path:
     """This workspace's record of the local Ray that an orchestrator program started: address, the starter's
-    pid and start time, the Ray's session folder, its dashboard URL (or null). Keyed by user and workspace,
-    so a sweep in one checkout is never joined by another checkout's programs (its test suite, a second
-    worktree's sweep)."""
-    digest = hashlib.sha256(str(workspace()).encode()).hexdigest()[:12]
+    pid and start time, the Ray's session folder, its dashboard URL (or null). Keyed by user, workspace and
+    ORCHESTRATOR_HOME, so a sweep in one checkout is never joined by another checkout's programs (a second
+    worktree's sweep), nor by the programs a test suite starts in the same checkout (each test session and
+    each child program of a test has its own ORCHESTRATOR_HOME): a test that kills its program's Ray never
+    takes a user's program down with it."""
+    key = f"{workspace()}\n{os.environ.get('ORCHESTRATOR_HOME', '')}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"orchestrator-ray-{os.getuid()}-{digest}.json"
 
 

@@ -223,7 +223,7 @@ def resnets_with_the_sets_classes(teacher_file: Path) -> None:
 def run_reference(args: argparse.Namespace) -> None:
     """Child process, in the reference's venv: one reference run in the requested mode; JSON on disk."""
     out = Path(args.out)
-    record: dict = {"mode": args.child, "seed": args.seed}
+    record: dict = {"mode": args.child, "seed": args.seed, "epochs": args.epochs}
     shim_reference(record, args.seed)
     if args.child == "first-step":
         capture_first_step(out)
@@ -248,7 +248,11 @@ def run_reference(args: argparse.Namespace) -> None:
 
 
 def reference(args: argparse.Namespace, mode: str, epochs: int, seed: int = 0) -> dict:
-    """Run the reference in its venv; return what it logged."""
+    """Run the reference in its venv (unless a finished run of the same mode, seed and epochs is on disk);
+    return what it logged."""
+    done = Path(args.out) / f"ref-{mode}-s{seed}.json"
+    if mode.startswith("train") and done.is_file() and json.loads(done.read_text()).get("epochs") == epochs:
+        return json.loads(done.read_text())
     command = [args.ref_python, str(Path(__file__).resolve()), "--child", mode, "--out", str(args.out),
                "--train", str(args.train), "--val", str(args.val), "--epochs", str(epochs), "--seed", str(seed)]
     subprocess.run(command, check=True, cwd="/tmp", stdout=subprocess.DEVNULL if mode == "schedule" else None)

@@ -13,8 +13,9 @@ from tests_paths import HARD, REPO
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
-# Where `report` remembers the output folder of each experiment: kept out of the user's home.
-os.environ.setdefault("ORCHESTRATOR_HOME", os.path.join(tempfile.mkdtemp(prefix="orchestrator-home-")))
+# Where `report` remembers the output folder of each experiment, and what keys the local Ray record: the
+# test session's own, so its programs never join (or stop) a local Ray the user's programs started here.
+os.environ["ORCHESTRATOR_HOME"] = os.path.join(tempfile.mkdtemp(prefix="orchestrator-home-"))
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,6 @@ import ray  # noqa: F401  (Ray ships psutil)
 import psutil
 
 from orchestrator.leftovers import process_name, session_processes
-from orchestrator.runtime import local_ray_file
 from orchestrator.sweep import needs_dashboard
 from orchestrator.sweep_config import load_sweep
 from tests_paths import HARD, REPO
@@ -85,7 +84,8 @@ def ray_session(output: list[str]) -> str:
 def workspace_ray():
     tmp = Path(tempfile.mkdtemp(prefix="rl-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     holder, output = start_program(HOLDER, program_env(tmp), "holding 1 CPU")
-    record = json.loads((tmp / local_ray_file().name).read_text())
+    (record_file,) = tmp.glob("orchestrator-ray-*.json")  # the holder's own (its ORCHESTRATOR_HOME)
+    record = json.loads(record_file.read_text())
     try:
         yield SimpleNamespace(tmp=tmp, holder=holder, record=record, session=ray_session(output),
                               tree=psutil.Process(holder.pid).children(recursive=True))

@@ -4,6 +4,7 @@ label, and a local Ray of one workspace only."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -99,3 +100,18 @@ def test_checkouts_do_not_share_a_local_ray(tmp_path):
     there = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, check=True,
                            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(copy)})
     assert here.stdout.strip() and there.stdout.strip() and here.stdout != there.stdout
+
+
+def test_a_test_programs_local_ray_is_never_a_users(tmp_path):
+    """Programs started by tests (their own ORCHESTRATOR_HOME) and a user's program in the same checkout
+    record, and so start or join, different local Rays: a test killing its Ray cannot stop the user's sweep."""
+    from tests_paths import child_env
+
+    code = "from orchestrator.runtime import local_ray_file; print(local_ray_file())"
+    user_env = {k: v for k, v in os.environ.items() if k != "ORCHESTRATOR_HOME"}
+    records = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                              env=env).stdout.strip()
+               for env in (user_env, user_env, child_env(tmp_path / "a"), child_env(tmp_path / "b"))]
+    user, same_user, test_a, test_b = records
+    assert user == same_user  # two programs of the user share one
+    assert len({user, test_a, test_b}) == 3
