@@ -134,8 +134,9 @@ class StopAfterFirstStep(Exception):
     """Raised by the capturing optimizer once the first step is recorded."""
 
 
-def capture_first_step(out: Path) -> None:
-    """Save the reference's initial student, first batch, first loss and weights after its first AdamW step."""
+def capture_first_step(out: Path, mode: str) -> None:
+    """Save the reference's initial student, first batch, first loss (cross-entropy, or KL to the teacher)
+    and weights after its first AdamW step, to OUT/<mode>.pt."""
     import torch
     import torchvision
 
@@ -144,6 +145,8 @@ def capture_first_step(out: Path) -> None:
 
     def resnet18(*args, **kwargs):
         model = build(*args, **kwargs)
+        if kwargs.get("pretrained"):  # the teacher
+            return model
         seen["initial"] = {k: v.clone() for k, v in model.state_dict().items()}
         model.register_forward_pre_hook(lambda module, inputs: seen.setdefault("images", inputs[0].clone()))
         seen["model"] = model
@@ -161,6 +164,16 @@ def capture_first_step(out: Path) -> None:
             return loss
 
     torch.nn.CrossEntropyLoss = RecordingLoss
+    kl_divergence = torch.nn.KLDivLoss
+
+    class RecordingKL(kl_divergence):
+        def forward(self, log_probs, probs):
+            loss = super().forward(log_probs, probs)
+            seen.setdefault("target", torch.zeros(0))
+            seen.setdefault("loss", loss.item())
+            return loss
+
+    torch.nn.KLDivLoss = RecordingKL
     adamw = torch.optim.AdamW
 
     class RecordingAdamW(adamw):
@@ -168,7 +181,7 @@ def capture_first_step(out: Path) -> None:
             super().step(closure)
             after = {k: v.detach().clone() for k, v in seen["model"].state_dict().items()}
             torch.save({"initial": seen["initial"], "images": seen["images"], "target": seen["target"],
-                        "loss": seen["loss"], "after_step": after}, out / "first_step.pt")
+                        "loss": seen["loss"], "after_step": after}, out / f"{mode}.pt")
             raise StopAfterFirstStep
 
     torch.optim.AdamW = RecordingAdamW
@@ -225,13 +238,13 @@ def run_reference(args: argparse.Namespace) -> None:
     out = Path(args.out)
     record: dict = {"mode": args.child, "seed": args.seed, "epochs": args.epochs}
     shim_reference(record, args.seed)
-    if args.child == "first-step":
-        capture_first_step(out)
+    labels = "soft" if args.child.endswith("soft") else "hard"
+    if args.child.startswith("train") or args.child == "first-step-soft":
+        resnets_with_the_sets_classes(out / TEACHER_FILE)
+    if args.child.startswith("first-step"):
+        capture_first_step(out, args.child)
     if args.child == "schedule":
         empty_loaders()
-    labels = "soft" if args.child == "train-soft" else "hard"
-    if args.child.startswith("train"):
-        resnets_with_the_sets_classes(out / TEACHER_FILE)
     os.environ["IMAGENET_VAL_DIR"] = args.val
     sys.argv = ["rethinkdc", args.train, "--yaml", str(reference_yaml(out, labels)), "--epochs", str(args.epochs),
                 "--ipc", str(TRAIN_PER_CLASS), "--output-dir", str(out / f"ref-{args.child}-s{args.seed}")]
@@ -283,21 +296,32 @@ def compare_schedules(args: argparse.Namespace) -> dict:
             "max_abs_diff": max(abs(a - b) for a, b in zip(theirs, ours)), "reference": theirs, "ours": ours}
 
 
-def compare_first_step(args: argparse.Namespace) -> dict:
-    """Our student, loss and optimizer from the reference's initial weights on the reference's first batch."""
+def compare_first_step(args: argparse.Namespace, labels: str = "hard") -> dict:
+    """Our student, loss and optimizer from the reference's initial weights on the reference's first batch
+    (hard: its 1,000-output student and cross-entropy; soft: 10 outputs and the KD loss against the teacher
+    file, on its cutmix batch)."""
     import torch
 
-    from trainers.losses import hard_loss
+    from trainers.losses import hard_loss, kd_loss
     from trainers.models import create_student
     from trainers.optim import build_optimizer
 
-    reference(args, "first-step", 1)
-    captured = torch.load(Path(args.out) / "first_step.pt", weights_only=True)
-    model = create_student("resnet18", num_classes=1000, in_chans=3, img_size=224)
+    mode = "first-step" if labels == "hard" else "first-step-soft"
+    reference(args, mode, 1)
+    captured = torch.load(Path(args.out) / f"{mode}.pt", weights_only=True)
+    model = create_student("resnet18", num_classes=1000 if labels == "hard" else CLASSES, in_chans=3, img_size=224)
     model.load_state_dict({k.removeprefix("module."): v for k, v in captured["initial"].items()})
     model.train()
     optimizer = build_optimizer(model, name="adamw", lr=1e-3, weight_decay=0.01)
-    loss = hard_loss(model(captured["images"]), captured["target"])
+    logits = model(captured["images"])
+    if labels == "hard":
+        loss = hard_loss(logits, captured["target"])
+    else:
+        teacher = create_student("resnet18", num_classes=CLASSES, in_chans=3, img_size=224)
+        teacher.load_state_dict(torch.load(Path(args.out) / TEACHER_FILE, weights_only=True))
+        with torch.no_grad():
+            teacher_logits = teacher.eval()(captured["images"])
+        loss = kd_loss(logits, teacher_logits, temperature=20.0)
     loss.backward()
     optimizer.step()
     after = {k.removeprefix("module."): v for k, v in captured["after_step"].items()}
@@ -379,13 +403,15 @@ def table(results: dict, args: argparse.Namespace) -> str:
         s = results["schedule"]
         lines.append(f"| lr at each of {s['epochs']} epochs | {s['reference'][0]:.6f} … {s['reference'][-1]:.6f} "
                      f"| {s['ours'][0]:.6f} … {s['ours'][-1]:.6f} | max abs {s['max_abs_diff']:.1e} |")
-    if "first_step" in results:
-        f = results["first_step"]
-        lines.append(f"| first-batch loss, same weights and batch ({f['batch'][0]} images) | {f['reference_loss']:.6f} "
-                     f"| {f['our_loss']:.6f} | {abs(f['reference_loss'] - f['our_loss']):.1e} |")
-        lines.append(f"| parameters and BatchNorm statistics after one AdamW step (it moved parameters by up to "
-                     f"{f['step_moved_parameters_max_abs']:.1e}) | | | "
-                     f"max abs {f['weights_after_step_max_abs_diff']:.1e} |")
+    for key, labels in (("first_step", "hard"), ("first_step_soft", "soft")):
+        if key in results:
+            f = results[key]
+            lines.append(f"| first-batch loss, {labels} labels, same weights and batch ({f['batch'][0]} images) | "
+                         f"{f['reference_loss']:.6f} | {f['our_loss']:.6f} | "
+                         f"{abs(f['reference_loss'] - f['our_loss']):.1e} |")
+            lines.append(f"| parameters and BatchNorm statistics after one AdamW step, {labels} labels (it moved "
+                         f"parameters by up to {f['step_moved_parameters_max_abs']:.1e}) | | | "
+                         f"max abs {f['weights_after_step_max_abs_diff']:.1e} |")
     for key in ("top1", "top1_soft"):
         lines.extend(top1_rows(results.get(key)))
     teacher = results.get("teacher")
@@ -418,9 +444,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-epochs", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="top-1 seeds (none: skip top-1)")
     parser.add_argument("--teacher-epochs", type=int, default=4, help="the soft-label teacher's epochs")
-    parser.add_argument("--only", nargs="*", default=["schedule", "first_step", "top1", "teacher", "top1_soft"],
+    parser.add_argument("--only", nargs="*", default=["schedule", "first_step", "top1", "teacher", "first_step_soft",
+                                                      "top1_soft"],
                         help="checks to run; the others keep their results from OUT/parity.json")
-    parser.add_argument("--child", choices=["schedule", "first-step", "train", "train-soft"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["schedule", "first-step", "first-step-soft", "train", "train-soft"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--val", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
@@ -439,7 +467,8 @@ def main() -> int:
     args.train, args.val, args.teacher_dir = write_folders(args.out, args.size)
     checks = {"schedule": compare_schedules, "first_step": compare_first_step,
               "top1": lambda a: compare_top1(a, "hard"), "teacher": train_teacher,
-              "top1_soft": lambda a: compare_top1(a, "soft")}
+              "top1_soft": lambda a: compare_top1(a, "soft"),
+              "first_step_soft": lambda a: compare_first_step(a, "soft")}
     kept = args.out / "parity.json"  # checks not in --only keep their last results
     results = json.loads(kept.read_text()) if kept.is_file() else {}
     for name in args.only:  # in order: the teacher is trained before the soft cells read it
