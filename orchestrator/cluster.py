@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shlex
@@ -282,16 +283,33 @@ def submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     client = job_client(submission.address, auth_headers(auth_token_path=args.auth_token_path))
-    try:
-        submission_id = client.submit_job(**submission.job())
-    except RuntimeError as exc:
-        raise OrchestratorError(f"the job was not accepted by {submission.address}: {exc}") from exc
+    submission_id = submit_when_ready(client, submission)
     print(f"submitted job {submission_id}", flush=True)
     if args.no_wait:
         print(f"follow it: ray job logs --follow {submission_id} --address {submission.address}; "
               f"re-submit the same command to resume", flush=True)
         return 0
     return follow(client, submission_id)
+
+
+AGENT_NOT_READY = "No available agent"  # Ray's answer, "please try again later", while the head's agent starts
+AGENT_WAIT_S = 90
+
+
+def submit_when_ready(client, submission: Submission) -> str:
+    """Submit the job; while a just-started head answers that no job agent is available yet, try again
+    every 3 s for up to AGENT_WAIT_S (one line says so). Any other refusal is one error line."""
+    deadline = time.monotonic() + AGENT_WAIT_S
+    for attempt in itertools.count():
+        try:
+            return client.submit_job(**submission.job())
+        except RuntimeError as exc:
+            if AGENT_NOT_READY not in str(exc) or time.monotonic() > deadline:
+                raise OrchestratorError(f"the job was not accepted by {submission.address}: {exc}") from exc
+            if attempt == 0:
+                print(f"the cluster's job agent is not ready yet; trying again for up to {AGENT_WAIT_S} s",
+                      flush=True)
+            time.sleep(3)
 
 
 def add_submit_parser(subparsers) -> argparse.ArgumentParser:

@@ -299,3 +299,31 @@ def test_sweep_cells_run_on_both_nodes_of_a_two_node_cluster(tmp_path, data_root
     assert "submitted job" in submitted["tail"] and "succeeded" in submitted["tail"], submitted["tail"]
     assert submitted["tail"].count("already finished") == 2, submitted["tail"]  # resumed from the storage
     assert sorted(result["train_workers_after_submit"]) == sorted(result["train_workers"])  # nothing retrained
+
+
+class HeadStillStarting:
+    """Answers submit_job as Ray's job server does while a just-started head has no job agent yet (a state
+    the real cluster reaches only by timing), then accepts; or refuses with another error."""
+
+    def __init__(self, refusals: int, message: str = "Request failed with status code 500: No available agent "
+                                                     "to submit job, please try again later.."):
+        self.refusals, self.message, self.calls = refusals, message, 0
+
+    def submit_job(self, **job) -> str:
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise RuntimeError(self.message)
+        return "raysubmit_1"
+
+
+def test_submit_waits_for_the_heads_job_agent_and_fails_at_once_on_other_refusals(capsys, monkeypatch):
+    import orchestrator.cluster as cluster
+
+    monkeypatch.setattr(cluster.time, "sleep", lambda seconds: None)
+    waiting = HeadStillStarting(refusals=2)
+    assert cluster.submit_when_ready(waiting, command()) == "raysubmit_1" and waiting.calls == 3
+    assert capsys.readouterr().out.count("job agent is not ready yet") == 1
+    refused = HeadStillStarting(refusals=1, message="Request failed with status code 400: bad runtime_env")
+    with pytest.raises(OrchestratorError, match="not accepted by .*bad runtime_env"):
+        cluster.submit_when_ready(refused, command())
+    assert refused.calls == 1
