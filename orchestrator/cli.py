@@ -77,9 +77,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import run_report
-    from orchestrator.tracking import sweep_run_id
-
-    from orchestrator.tracking import experiment_store
+    from orchestrator.tracking import experiment_store, sweep_run_id
 
     uri, output_dir = experiment_store(args.experiment, args.output_dir, args.tracking_uri)
     out_dir = Path(args.out or output_dir / "reports" / args.experiment)
