@@ -162,11 +162,16 @@ def experiment_store(experiment: str, output_dir: str | None, tracking_uri: str 
 
 
 def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
-    """The newest run of this cell (tag `cell`), or None."""
-    runs = retrying_client(uri).search_runs(
-        [experiment_id], filter_string=f"tags.cell = '{cell}' and tags.role = '{role}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    """The run of this cell (tag `cell`) to go on from, or None: its newest FINISHED run if it has one (an
+    archive import can add a finished run older than an attempt killed here), else its newest run."""
+    client = retrying_client(uri)
+    where = f"tags.cell = '{cell}' and tags.role = '{role}'"
+    for condition in (f"{where} and attributes.status = 'FINISHED'", where):
+        runs = client.search_runs([experiment_id], filter_string=condition,
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        if runs:
+            return runs[0]
+    return None
 
 
 def get_run(uri: str, run_id: str):
@@ -225,10 +230,20 @@ def log_params(uri: str, run_id: str, config: Config, method_label: str) -> None
     params = {key: flat[dotted] for key, dotted in CELL_PARAMS.items()}
     params["method"] = method_label
     params.update(flat)
-    batch = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in params.items()]
-    client = retrying_client(uri)
-    for start in range(0, len(batch), 90):
-        client.log_batch(run_id, params=batch[start:start + 90])
+    log_in_batches(retrying_client(uri), run_id,
+                   params=[Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                           for k, v in params.items()])
+
+
+PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # MLflow's log_batch limits
+
+
+def log_in_batches(client, run_id: str, *, params: list = (), metrics: list = ()) -> None:
+    """Params and metrics of any number, in as many `log_batch` calls as MLflow's limits need."""
+    for start in range(0, len(params), PARAMS_PER_CALL):
+        client.log_batch(run_id, params=params[start:start + PARAMS_PER_CALL])
+    for start in range(0, len(metrics), METRICS_PER_CALL):
+        client.log_batch(run_id, metrics=metrics[start:start + METRICS_PER_CALL])
 
 
 class ParamsRefused(Exception):
@@ -309,9 +324,6 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
 
 
 # ------------------------------------------------------------------ archive (orchestrator/archive.py)
-BATCH = 100  # MLflow's log_batch takes at most 100 params or tags and 1,000 metrics per call
-
-
 def finished_cell_runs(uri: str, experiment: str) -> list:
     """The newest FINISHED run of each cell of `experiment`, oldest cell first."""
     client = retrying_client(uri)
@@ -348,9 +360,6 @@ def recreate_run(uri: str, experiment_id: str, record: dict) -> str:
     params = [Param(key, value) for key, value in record["params"].items()]
     metrics = [Metric(key, value, timestamp, step) for key, history in record["metrics"].items()
                for step, timestamp, value in history]
-    for start in range(0, len(params), BATCH):
-        client.log_batch(run_id, params=params[start:start + BATCH])
-    for start in range(0, len(metrics), 10 * BATCH):
-        client.log_batch(run_id, metrics=metrics[start:start + 10 * BATCH])
+    log_in_batches(client, run_id, params=params, metrics=metrics)
     client.set_terminated(run_id, record["status"], end_time=record["end_time"])
     return run_id

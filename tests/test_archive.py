@@ -109,3 +109,19 @@ def test_a_cell_finished_in_another_experiment_is_copied_not_trained(finished, t
     tags = MlflowClient(uri).get_run(result.run_id).data.tags
     assert tags["archive.copied_from"].endswith(finished["result"].run_id)
     assert run_cell(elsewhere).run_id == result.run_id  # once copied, found in its own experiment
+
+
+def test_an_imported_cell_is_skipped_even_beside_a_newer_killed_attempt(finished, tmp_path):
+    """A store where this cell's attempt was killed (RUNNING, started after the archived run) and the
+    archive is imported: the finished run counts, and the cell is not trained again."""
+    other = finished["root"] / "fourth"
+    uri = f"sqlite:///{other / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=str(other / "artifacts"))
+    killed = client.create_run(experiment_id, tags={"cell": cell_name(finished["config"]), "role": "cell"})
+    assert import_archive(uri, [finished["root"] / "archive"], other) == (1, 0)
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    result = run_cell(replace(finished["config"], {"output_dir": str(other), "data.root": str(empty)}))
+    assert result.skipped and result.run_id != killed.info.run_id
+    assert result.summary["top1_final"] == finished["result"].summary["top1_final"]
