@@ -218,6 +218,7 @@ def test_help_names_every_method(capsys):
 
 
 def test_ipc50_sweep_lists_every_method():
+    from orchestrator.config import cell_name
     from orchestrator.sweep_config import load_sweep
     from tests_paths import CONFIGS
 
@@ -228,4 +229,8 @@ def test_ipc50_sweep_lists_every_method():
     assert ("pca", 50, "soft") not in cells and ("pca", 50, "hard") in cells
     for method in ("gvbsm", "lpld", "dwa"):
         assert {(method, ipc, mode) for ipc in (1, 10) for mode in ("hard", "soft")} <= cells
-    assert {c.seed for c in sweep.cells} == {0, 1, 2} and {c.schedule.epochs for c in sweep.cells} == {300}
+    grid = [c for c in sweep.cells if c.data.method != "full"]
+    assert {c.seed for c in grid} == {0, 1, 2} and {c.schedule.epochs for c in grid} == {300}
+    (full,) = [c for c in sweep.cells if c.data.method == "full"]  # HLR's reference, trained once for both:
+    random_ipc = load_sweep(CONFIGS / "sweeps" / "study-random-ipc.yaml")
+    assert cell_name(full) in {cell_name(c) for c in random_ipc.cells}  # the same cell name, so it is copied
