@@ -129,8 +129,8 @@ def render_markdown(df: pd.DataFrame, *, title: str, metric: str, image: str | N
     lr = label_robust(df, metric=metric)
     parts += ["## Label robustness (DD-Ranking)", ""]
     if lr.empty:
-        parts += ["Not available: needs `random` cells (IOR) or hard-label cells plus a `full` "
-                  "hard-label run (HLR).", ""]
+        parts += ["Not available: it scores methods other than `random` and `full`, and needs `random` cells "
+                  "beside them (IOR) or their hard-label cells plus a `full` hard-label run (HLR).", ""]
     else:
         parts += [DDRANKING_NOTE, "", markdown_table(_label_robust_display(lr)), ""]
     if image:
