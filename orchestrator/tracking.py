@@ -161,17 +161,23 @@ def experiment_store(experiment: str, output_dir: str | None, tracking_uri: str 
                             f"pass the --output-dir the sweep or run wrote to")
 
 
+def newest_run(client, experiment_ids: list[str], *, cell: str, role: str, finished: bool):
+    """The newest run of this cell (tags `cell`, `role`) in these experiments, only FINISHED ones if
+    `finished`; None if there is none."""
+    condition = f"tags.cell = '{cell}' and tags.role = '{role}'"
+    if finished:
+        condition += " and attributes.status = 'FINISHED'"
+    runs = client.search_runs(experiment_ids, filter_string=condition, order_by=["attributes.start_time DESC"],
+                              max_results=1) if experiment_ids else []
+    return runs[0] if runs else None
+
+
 def find_run(uri: str, experiment_id: str, *, cell: str, role: str = "cell"):
     """The run of this cell (tag `cell`) to go on from, or None: its newest FINISHED run if it has one (an
     archive import can add a finished run older than an attempt killed here), else its newest run."""
     client = retrying_client(uri)
-    where = f"tags.cell = '{cell}' and tags.role = '{role}'"
-    for condition in (f"{where} and attributes.status = 'FINISHED'", where):
-        runs = client.search_runs([experiment_id], filter_string=condition,
-                                  order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            return runs[0]
-    return None
+    return (newest_run(client, [experiment_id], cell=cell, role=role, finished=True)
+            or newest_run(client, [experiment_id], cell=cell, role=role, finished=False))
 
 
 def get_run(uri: str, run_id: str):
@@ -183,10 +189,7 @@ def find_finished_anywhere(uri: str, *, cell: str, role: str = "cell"):
     hash of every value that changes its result, so two experiments naming one cell trained the same thing."""
     client = retrying_client(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"tags.cell = '{cell}' and tags.role = '{role}' "
-                              f"and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
-    return runs[0] if runs else None
+    return newest_run(client, experiments, cell=cell, role=role, finished=True)
 
 
 def sweep_run_id(uri: str, experiment: str) -> str | None:
