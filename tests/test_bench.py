@@ -146,10 +146,10 @@ def test_dynamics_memory_small(ctx):
     assert figures["samples"].value == 1_000 and figures["peak_traced_E3"].unit == "MiB"
 
 
-def write_sweep(tmp_path) -> Path:
-    path = tmp_path / "small.yaml"
+def write_sweep(tmp_path, model: str = "convnet3") -> Path:
+    path = tmp_path / f"small-{model}.yaml"
     path.write_text(f"name: small\nprotocol: {REPO / 'configs' / 'fmnist-hard.yaml'}\n"
-                    "set: {schedule.epochs: 50, eval.every: 25}\n"
+                    f"set: {{schedule.epochs: 50, eval.every: 25, model.name: {model}}}\n"
                     "axes: {method: [random], ipc: [1, 10], seed: [0, 1]}\n")
     return path
 
@@ -162,6 +162,29 @@ def test_predict_sums_the_per_cell_model_over_the_sweep_cells(tmp_path):
     assert len(cells) == 4 and [bench.evaluations(c) for c in cells] == [2, 2, 2, 2]
     seconds = bench.predict_sweep_seconds(cells, num_classes=10, overhead_s=5.0, images_per_s=100.0, eval_s=2.0)
     assert seconds == pytest.approx(2 * (5 + 5 + 2) + 2 * (5 + 50 + 2))
+
+
+def test_predict_scales_a_cells_training_and_evaluations_by_its_students_cost(tmp_path):
+    """The same 4 cells with a student 3x as costly per image: overhead 5 + 3 x (training + 1 evaluation)."""
+    from orchestrator.sweep_config import load_sweep
+
+    cells = load_sweep(write_sweep(tmp_path, model="resnet18_small")).cells
+    seconds = bench.predict_sweep_seconds(cells, num_classes=10, overhead_s=5.0, images_per_s=100.0, eval_s=2.0,
+                                          student_cost={"resnet18_small": 3.0, "convnet3_bn": 10.0})
+    assert seconds == pytest.approx(2 * (5 + 3 * (5 + 2)) + 2 * (5 + 3 * (50 + 2)))
+
+
+def test_predict_measures_each_other_students_cost_on_the_cells_images(ctx, tmp_path):
+    """A sweep of ConvNet-3-BN cells: predict times its bare loop against ConvNet-3's (the cell
+    benchmark's student) and names the factor; ConvNet-3 itself gets none (1 by definition)."""
+    ctx.sweeps = (write_sweep(tmp_path, model="convnet3_bn"),)
+    ctx.figures.update({"cell.overhead_s": Figure(5.0, "s"), "cell.train_images_per_s": Figure(100.0, "images/s"),
+                        "eval.seconds_10k": Figure(2.0, "s")})
+    figures = bench.bench_predict(ctx)
+    cost = figures["student_cost.convnet3_bn"]
+    assert cost.unit == "x" and cost.value > 0 and "student_cost.convnet3" not in figures
+    unscaled = 2 * (5 + 5 + 2) + 2 * (5 + 50 + 2)
+    assert figures["sweep_s"].value == pytest.approx(20 + (unscaled - 20) * cost.value)
 
 
 def test_pca_tile_views_count_every_tile(tmp_path):

@@ -1,5 +1,6 @@
 """The `predict` benchmark: a sweep's wall time on this machine, from this run's `cell` and `eval`
-figures and the sweep's own cell expansion (orchestrator.sweep_config)."""
+figures, the sweep's own cell expansion (orchestrator.sweep_config), and each other student's cost
+against the `cell` benchmark's (a ResNet-18 trains ~9x slower per image than ConvNet-3 here)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ def evaluations(config) -> int:
     return math.ceil(config.schedule.epochs / config.eval.every)
 
 
-def cell_seconds(config, *, num_classes: int, overhead_s: float, images_per_s: float, eval_s: float) -> float:
+def cell_seconds(config, *, num_classes: int, overhead_s: float, images_per_s: float, eval_s: float,
+                 student_cost: dict[str, float] | None = None) -> float:
     """Predicted wall time of one cell: the measured fixed overhead (which holds one evaluation),
-    its epochs at the measured training images/s, and its other evaluations."""
+    its epochs at the measured training images/s, and its other evaluations; training and evaluation
+    scaled by the cell's student's cost factor (`student_cost`, 1 for the `cell` benchmark's student
+    and any student not in it)."""
+    cost = (student_cost or {}).get(config.model.name, 1.0)
     train_s = config.schedule.epochs * views_per_epoch(config, num_classes) / images_per_s
-    return overhead_s + train_s + (evaluations(config) - 1) * eval_s
+    return overhead_s + cost * (train_s + (evaluations(config) - 1) * eval_s)
 
 
 def predict_sweep_seconds(cells: list, **per_cell) -> float:
@@ -44,20 +49,43 @@ def bench_predict(ctx: BenchContext) -> dict[str, Figure]:
     missing = [key for key in needed if key not in ctx.figures]
     if missing:
         raise RuntimeError(f"predict needs {missing} from the same run: run it with `--only eval cell predict`")
-    figures: dict[str, Figure] = {}
-    for sweep in ctx.sweeps:
-        prefix = "" if len(ctx.sweeps) == 1 else f"{Path(sweep).stem}."
-        figures.update({prefix + k: v for k, v in predict_one_sweep(ctx, Path(sweep)).items()})
+    from orchestrator.sweep_config import load_sweep
+
+    sweeps = {Path(sweep): load_sweep(Path(sweep)).cells for sweep in ctx.sweeps}
+    students = sorted({config.model.name for cells in sweeps.values() for config in cells})
+    costs = student_cost_factors(ctx, students)
+    figures: dict[str, Figure] = {f"student_cost.{name}": Figure(cost, "x") for name, cost in costs.items()}
+    for sweep, cells in sweeps.items():
+        prefix = "" if len(sweeps) == 1 else f"{sweep.stem}."
+        figures.update({prefix + k: v for k, v in predict_one_sweep(ctx, sweep, cells, costs).items()})
     return figures
 
 
-def predict_one_sweep(ctx: BenchContext, sweep: Path) -> dict[str, Figure]:
-    from orchestrator.sweep_config import load_sweep
+def student_cost_factors(ctx: BenchContext, students: list[str], epochs: int = 3) -> dict[str, float]:
+    """Each student's training cost per image against the `cell` benchmark's student (the protocol's,
+    1 by definition): the same bare loop (bench.cell) on the same random IPC-10 images, `epochs`
+    epochs each, its images/s over the student's."""
+    from orchestrator.bench.cell import bare_loop_images_per_s, cell_training_arrays
+    from orchestrator.bench.context import protocol_config
+    from orchestrator.data.prepare import prepare_fashion_mnist
 
-    cells = load_sweep(sweep).cells
+    reference = protocol_config().model.name
+    others = [name for name in students if name != reference]
+    if not others:
+        return {}
+    prepare_fashion_mnist(ctx.data_root, image_size=28, mode="L")  # the shared cache bench_cell uses
+    overrides = {"data.root": str(ctx.data_root), "data.ipc": 10, "schedule.epochs": epochs}
+    rates = {}
+    for name in [reference, *others]:
+        config = protocol_config({**overrides, "model.name": name})
+        rates[name] = bare_loop_images_per_s(config, cell_training_arrays(config))
+    return {name: rates[reference] / rates[name] for name in others}
+
+
+def predict_one_sweep(ctx: BenchContext, sweep: Path, cells: list, costs: dict[str, float]) -> dict[str, Figure]:
     seconds = predict_sweep_seconds(cells, num_classes=10, overhead_s=ctx.figures["cell.overhead_s"].value,
                                     images_per_s=ctx.figures["cell.train_images_per_s"].value,
-                                    eval_s=ctx.figures["eval.seconds_10k"].value)
+                                    eval_s=ctx.figures["eval.seconds_10k"].value, student_cost=costs)
     print(f"[bench] predicted {sweep.stem}: {len(cells)} cells, {seconds / 3600:,.1f} h on this machine",
           flush=True)
     return {"cells": Figure(len(cells), "cells"), "sweep_s": Figure(seconds, "s"),
