@@ -1,6 +1,6 @@
 """The `predict` benchmark: a sweep's wall time on this machine, from this run's `cell` and `eval`
 figures, the sweep's own cell expansion (orchestrator.sweep_config), and each other student's cost
-against the `cell` benchmark's (a ResNet-18 trains ~9x slower per image than ConvNet-3 here)."""
+against the `cell` benchmark's at the sweep's threads and batch size."""
 
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ def bench_predict(ctx: BenchContext) -> dict[str, Figure]:
     from orchestrator.sweep_config import load_sweep
 
     sweeps = {Path(sweep): load_sweep(Path(sweep)).cells for sweep in ctx.sweeps}
-    students = sorted({config.model.name for cells in sweeps.values() for config in cells})
-    costs = student_cost_factors(ctx, students)
+    costs = student_cost_factors(ctx, [config for cells in sweeps.values() for config in cells])
     figures: dict[str, Figure] = {f"student_cost.{name}": Figure(cost, "x") for name, cost in costs.items()}
     for sweep, cells in sweeps.items():
         prefix = "" if len(sweeps) == 1 else f"{sweep.stem}."
@@ -61,25 +60,35 @@ def bench_predict(ctx: BenchContext) -> dict[str, Figure]:
     return figures
 
 
-def student_cost_factors(ctx: BenchContext, students: list[str], epochs: int = 3) -> dict[str, float]:
+def student_cost_factors(ctx: BenchContext, cells: list, epochs: int = 3) -> dict[str, float]:
     """Each student's training cost per image against the `cell` benchmark's student (the protocol's,
-    1 by definition): the same bare loop (bench.cell) on the same random IPC-10 images, `epochs`
-    epochs each, its images/s over the student's."""
-    from orchestrator.bench.cell import bare_loop_images_per_s, cell_training_arrays
+    1 by definition), at the threads and batch size of the student's first cell: the same bare loop
+    (bench.cell) on the same random IPC-10 images, `epochs` epochs for each of the two students, the
+    reference's images/s over the student's."""
     from orchestrator.bench.context import protocol_config
     from orchestrator.data.prepare import prepare_fashion_mnist
 
     reference = protocol_config().model.name
-    others = [name for name in students if name != reference]
-    if not others:
-        return {}
-    prepare_fashion_mnist(ctx.data_root, image_size=28, mode="L")  # the shared cache bench_cell uses
-    overrides = {"data.root": str(ctx.data_root), "data.ipc": 10, "schedule.epochs": epochs}
-    rates = {}
-    for name in [reference, *others]:
+    first_cells = {}
+    for config in cells:
+        first_cells.setdefault(config.model.name, config)
+    first_cells.pop(reference, None)
+    if first_cells:
+        prepare_fashion_mnist(ctx.data_root, image_size=28, mode="L")  # the shared cache bench_cell uses
+    return {name: measured_cost(ctx, name, reference, cell, epochs) for name, cell in first_cells.items()}
+
+
+def measured_cost(ctx: BenchContext, student: str, reference: str, cell, epochs: int) -> float:
+    from orchestrator.bench.cell import bare_loop_images_per_s, cell_training_arrays
+    from orchestrator.bench.context import protocol_config
+
+    overrides = {"data.root": str(ctx.data_root), "data.ipc": 10, "schedule.epochs": epochs,
+                 "train.threads": cell.train.threads, "train.batch_size": cell.train.batch_size}
+    rates = []
+    for name in (reference, student):
         config = protocol_config({**overrides, "model.name": name})
-        rates[name] = bare_loop_images_per_s(config, cell_training_arrays(config))
-    return {name: rates[reference] / rates[name] for name in others}
+        rates.append(bare_loop_images_per_s(config, cell_training_arrays(config)))
+    return rates[0] / rates[1]
 
 
 def predict_one_sweep(ctx: BenchContext, sweep: Path, cells: list, costs: dict[str, float]) -> dict[str, Figure]:
