@@ -175,8 +175,8 @@ def test_predict_scales_a_cells_training_and_evaluations_by_its_students_cost(tm
 
 
 def test_predict_measures_each_other_students_cost_on_the_cells_images(ctx, tmp_path):
-    """A sweep of ConvNet-3-BN cells: predict times its bare loop against ConvNet-3's at the cells' threads (the cell
-    benchmark's student) and names the factor; ConvNet-3 itself gets none (1 by definition)."""
+    """A sweep of ConvNet-3-BN cells: predict times its bare loop against ConvNet-3's (the cell benchmark's
+    student) at the cells' threads and names the factor; ConvNet-3 itself gets none (1 by definition)."""
     ctx.sweeps = (write_sweep(tmp_path, model="convnet3_bn"),)
     ctx.figures.update({"cell.overhead_s": Figure(5.0, "s"), "cell.train_images_per_s": Figure(100.0, "images/s"),
                         "eval.seconds_10k": Figure(2.0, "s")})
