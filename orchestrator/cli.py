@@ -79,6 +79,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import run_report
     from orchestrator.tracking import experiment_store, sweep_run_id
 
+    if args.storage and not args.into:
+        raise OrchestratorError("--storage adds the cost tables to the block that --into writes: "
+                                "add --into PAGE (e.g. --into docs/results.md)")
     uri, output_dir = experiment_store(args.experiment, args.output_dir, args.tracking_uri)
     out_dir = Path(args.out or output_dir / "reports" / args.experiment)
     paths = run_report(uri, args.experiment, out_dir, log=not args.no_log,
@@ -93,19 +96,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(render_terminal_from(paths))
     print(f"report written to {out_dir}" + (f" (page: {paths['report.html']})" if args.html else ""))
     if args.into:
-        fill_results_page(uri, args.experiment, Path(args.into))
+        fill_results_page(uri, args.experiment, Path(args.into), storage=args.storage)
     return 0
 
 
-def fill_results_page(uri: str, experiment: str, page: Path) -> None:
-    """`report --into PAGE`: the experiment's tables into its `<!-- experiment -->` block of PAGE."""
+def fill_results_page(uri: str, experiment: str, page: Path, *, storage: bool = False) -> None:
+    """`report --into PAGE`: the experiment's tables into its `<!-- experiment -->` block of PAGE (with
+    `storage`, each group's storage and cost table too)."""
     from datetime import datetime
 
     from orchestrator.report.output import fill_page_block, page_block
     from orchestrator.report.runs import load_cell_runs
 
     block = page_block(load_cell_runs(uri, experiment), metric="top1_final",
-                       origin=f"`report --into` at {datetime.now().strftime('%Y-%m-%d %H:%M')}")
+                       origin=f"`report --into` at {datetime.now().strftime('%Y-%m-%d %H:%M')}", storage=storage)
     fill_page_block(page, experiment, block)
     print(f"tables of {experiment} written into {page}")
 
@@ -271,6 +275,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(sortable tables, accuracy vs IPC and vs storage, the sets' images, commit and date)")
     report.add_argument("--into", metavar="PAGE", help="also write the top-1 tables into the block "
                         "<!-- EXPERIMENT --> ... <!-- /EXPERIMENT --> of a markdown page (docs/results.md)")
+    report.add_argument("--storage", action="store_true", help="with --into: each top-1 table followed by its "
+                        "storage, training-time and generation-cost table (the headline's block)")
     report.set_defaults(func=cmd_report)
 
     ui = verbs.add_parser("ui", help="start the MLflow UI on the store (loopback by default)")

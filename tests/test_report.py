@@ -444,6 +444,25 @@ def test_report_into_fills_only_its_block_of_a_results_page(store, tmp_path, cap
     assert code == 2 and f"<!-- {EXP} -->" in text and bare.read_text() == "# no blocks\n"
 
 
+def test_report_into_with_storage_adds_each_groups_cost_table(store, tmp_path, capsys):
+    from tests_paths import run_cli
+
+    page = tmp_path / "results.md"
+    page.write_text(f"<!-- {EXP} -->\n<!-- /{EXP} -->\n")
+    args = ["report", "--experiment", EXP, "--tracking-uri", store["uri"], "--no-log", "--out", str(tmp_path / "rep")]
+    code, text = run_cli(capsys, *args, "--into", str(page))
+    assert code == 0, text
+    assert "train time (mean)" not in page.read_text()
+    code, text = run_cli(capsys, *args, "--into", str(page), "--storage")
+    assert code == 0, text
+    filled = page.read_text()
+    groups = filled.count("labels · convnet3**")
+    assert groups >= 2 and filled.count("Storage, training time and generation cost:") == groups
+    assert filled.count(" train time (mean) ") == groups and " soft labels " in filled
+    code, text = run_cli(capsys, *args, "--storage")
+    assert code == 2 and "--into PAGE" in text
+
+
 def test_html_page_in_a_real_browser_lists_every_method_and_loads_every_image(store, df, tmp_path):
     import html as html_lib
 

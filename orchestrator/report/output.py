@@ -75,10 +75,11 @@ def _group_section(key: tuple[str, str, str], sub: pd.DataFrame, metric: str) ->
     return parts + ["### Storage and training time", "", markdown_table(_storage_display(sub)), ""]
 
 
-def page_block(df: pd.DataFrame, *, metric: str, origin: str) -> str:
+def page_block(df: pd.DataFrame, *, metric: str, origin: str, storage: bool = False) -> str:
     """The compact tables (`report --into` writes them into a results page, `report --summary` prints
     them): one top-1 table per (protocol, label mode, student), headed by how many finished cells they
-    rest on and `origin` (what made them)."""
+    rest on and `origin` (what made them); with `storage`, each followed by the group's storage,
+    training-time and generation-cost table."""
     label = METRIC_LABELS.get(metric, metric)
     parts = [f"_From {len(df)} finished cell run(s) in MLflow, {origin}: {label} "
              f"({METRIC_UNITS.get(metric, '?')}), mean {PM} std over seeds._", ""]
@@ -91,6 +92,8 @@ def page_block(df: pd.DataFrame, *, metric: str, origin: str) -> str:
         full_line = full_reference_line(sub, metric)
         if full_line:
             parts += [full_line, ""]
+        if storage:
+            parts += ["Storage, training time and generation cost:", "", markdown_table(_storage_display(sub)), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
