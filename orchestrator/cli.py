@@ -38,6 +38,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.get("error")]
     for result in failed:
         print(f"failed cell: {result.get('cell', '?')}: {result['error']}", file=sys.stderr)
+    unfinished = [r for r in results if r.get("top1_final") is None and not r.get("error")]
+    if unfinished and not failed:  # Tune ends gracefully on SIGINT / Ctrl-C
+        print(f"sweep interrupted with {len(unfinished)} cell(s) not finished: the same command resumes it "
+              "(finished cells are skipped, started ones continue from their last checkpoint)", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 

@@ -36,7 +36,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
         results = run_cells(sweep, parent_id, sweep_progress(sweep))
         done = sum(1 for r in results if r.get("top1_final") is not None)
         tracking.log_metrics(uri, parent_id, {"sweep/cells_done": done, "sweep/cells": len(sweep.cells)})
-        status = "FINISHED" if done == len(sweep.cells) else "FAILED"
+        status = sweep_status(results, done, len(sweep.cells))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (Ray's handler exits)
         status = "KILLED"
         raise
@@ -45,6 +45,14 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
     print(f"sweep {sweep.name}: {done}/{len(sweep.cells)} cells finished; "
           f"report: python -m orchestrator report --experiment {sweep.experiment} --output-dir {first.output_dir}")
     return results
+
+
+def sweep_status(results: list[dict], done: int, total: int) -> str:
+    """The sweep's parent run status: FINISHED when every cell finished, FAILED when a cell failed,
+    KILLED when it stopped before the rest ran and none failed (Ctrl-C / SIGINT: Tune ends gracefully)."""
+    if done == total:
+        return "FINISHED"
+    return "FAILED" if any(r.get("error") for r in results) else "KILLED"
 
 
 def needs_dashboard(sweep: Sweep) -> bool:

@@ -106,6 +106,29 @@ def test_sweep_with_relative_output_dir_tracks_cells_there(ray_cluster, tmp_path
 
 
 @pytest.mark.slow
+def test_interrupted_sweep_ends_its_parent_run_killed_not_failed(tmp_path, data_root):
+    """SIGINT (what `pkill -INT` and Ctrl-C send) stops Tune gracefully: no cell failed, so the sweep's
+    MLflow run reads KILLED, and FAILED stays for sweeps with a failed cell."""
+    path = write_sweep(tmp_path, data_root)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "orchestrator", "sweep", "--config", str(path)]
+    sweep = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and sweep.poll() is None:
+        if [r for r in tiny_runs(out) if r.info.status == "FINISHED"]:
+            break
+        time.sleep(1)
+    assert sweep.poll() is None, "the sweep ended before it could be interrupted"
+    sweep.send_signal(signal.SIGINT)
+    output, _ = sweep.communicate(timeout=300)
+    finished = [r for r in tiny_runs(out) if r.info.status == "FINISHED"]
+    assert 1 <= len(finished) < 3, output[-3000:]
+    assert [r.info.status for r in tiny_runs(out, role="sweep")] == ["KILLED"], output[-3000:]
+    assert sweep.returncode == 130 and "the same command resumes it" in output, output[-3000:]
+
+
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data_root):
     path = write_sweep(tmp_path, data_root)
     out = tmp_path / "out"
