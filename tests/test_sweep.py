@@ -105,21 +105,33 @@ def test_sweep_with_relative_output_dir_tracks_cells_there(ray_cluster, tmp_path
     assert [r.info.status for r in runs] == ["FINISHED"]
 
 
-@pytest.mark.slow
-def test_interrupted_sweep_ends_its_parent_run_killed_not_failed(tmp_path, data_root):
-    """SIGINT (what `pkill -INT` and Ctrl-C send) stops Tune gracefully: no cell failed, so the sweep's
-    MLflow run reads KILLED, and FAILED stays for sweeps with a failed cell."""
-    path = write_sweep(tmp_path, data_root)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "orchestrator", "sweep", "--config", str(path)]
-    sweep = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+UNBUFFERED = dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def sweep_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "orchestrator", "sweep", "--config", str(path)]
+
+
+def start_and_wait_for_a_finished_cell(command: list[str], out: Path, **output) -> subprocess.Popen:
+    """The sweep started in its own session, returned once its first cell has FINISHED (still running)."""
+    sweep = subprocess.Popen(command, cwd=REPO, env=UNBUFFERED, stderr=subprocess.STDOUT, start_new_session=True,
+                             **output)
     deadline = time.time() + 600
     while time.time() < deadline and sweep.poll() is None:
         if [r for r in tiny_runs(out) if r.info.status == "FINISHED"]:
             break
         time.sleep(1)
     assert sweep.poll() is None, "the sweep ended before it could be interrupted"
+    return sweep
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_ends_its_parent_run_killed_not_failed(tmp_path, data_root):
+    """SIGINT (what `pkill -INT` and Ctrl-C send) stops Tune gracefully: no cell failed, so the sweep's
+    MLflow run reads KILLED, and FAILED stays for sweeps with a failed cell."""
+    out = tmp_path / "out"
+    command = sweep_command(write_sweep(tmp_path, data_root))
+    sweep = start_and_wait_for_a_finished_cell(command, out, stdout=subprocess.PIPE, text=True)
     sweep.send_signal(signal.SIGINT)
     output, _ = sweep.communicate(timeout=300)
     finished = [r for r in tiny_runs(out) if r.info.status == "FINISHED"]
@@ -130,24 +142,15 @@ def test_interrupted_sweep_ends_its_parent_run_killed_not_failed(tmp_path, data_
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data_root):
-    path = write_sweep(tmp_path, data_root)
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "orchestrator", "sweep", "--config", str(path)]
-    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                             start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and first.poll() is None:
-        if [r for r in tiny_runs(out) if r.info.status == "FINISHED"]:
-            break
-        time.sleep(1)
-    assert first.poll() is None, "the sweep ended before it could be interrupted"
+    command = sweep_command(write_sweep(tmp_path, data_root))
+    first = start_and_wait_for_a_finished_cell(command, out, stdout=subprocess.DEVNULL)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     finished_before = {r.data.tags["cell"]: r.info.run_id for r in tiny_runs(out) if r.info.status == "FINISHED"}
     assert 1 <= len(finished_before) < 3
 
-    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    second = subprocess.run(command, cwd=REPO, env=UNBUFFERED, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     runs = tiny_runs(out)
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # no duplicate runs
