@@ -20,7 +20,7 @@ from orchestrator.report.runs import DASH, METRIC_LABELS, METRIC_UNITS, check_ar
 from orchestrator.report.tables import PM, full_reference_line, paper_table, paper_table_numeric, storage_table
 
 STORAGE_HEADERS = {"image_bytes": "images", "soft_label_bytes": "soft labels", "total_bytes": "total",
-                   "train_s": "train time (mean)", "images_per_s": "images/s",
+                   "train_s": "train time (mean)", "images_per_s": "images/s", "optimizer_steps": "optimizer steps",
                    "generation_s": "generation time (mean)", "generation_images": "generated images"}
 DDRANKING_NOTE = (
     "IOR = Acc(method) − Acc(random), same protocol, labels, model and IPC; "
