@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrator.config import parse_override
-    from orchestrator.sweep import load_and_run
+    from orchestrator.sweep import cells_done, load_and_run, sweep_status
 
     overrides = dict(parse_override(text) for text in args.overrides)
     if args.output_dir:
@@ -38,9 +38,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.get("error")]
     for result in failed:
         print(f"failed cell: {result.get('cell', '?')}: {result['error']}", file=sys.stderr)
-    unfinished = [r for r in results if r.get("top1_final") is None and not r.get("error")]
-    if unfinished and not failed:  # Tune ends gracefully on SIGINT / Ctrl-C
-        print(f"sweep interrupted with {len(unfinished)} cell(s) not finished: the same command resumes it "
+    done = cells_done(results)
+    if sweep_status(results, done, len(results)) == "KILLED":  # Tune ends gracefully on SIGINT / Ctrl-C
+        print(f"sweep interrupted with {len(results) - done} cell(s) not finished: the same command resumes it "
               "(finished cells are skipped, started ones continue from their last checkpoint)", file=sys.stderr)
         return 130
     return 1 if failed else 0

@@ -34,7 +34,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
     status = "FAILED"  # whatever ends the driver, the parent run is not left RUNNING
     try:
         results = run_cells(sweep, parent_id, sweep_progress(sweep))
-        done = sum(1 for r in results if r.get("top1_final") is not None)
+        done = cells_done(results)
         tracking.log_metrics(uri, parent_id, {"sweep/cells_done": done, "sweep/cells": len(sweep.cells)})
         status = sweep_status(results, done, len(sweep.cells))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (Ray's handler exits)
@@ -45,6 +45,10 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, dry_run: bool = False
     print(f"sweep {sweep.name}: {done}/{len(sweep.cells)} cells finished; "
           f"report: python -m orchestrator report --experiment {sweep.experiment} --output-dir {first.output_dir}")
     return results
+
+
+def cells_done(results: list[dict]) -> int:
+    return sum(1 for r in results if r.get("top1_final") is not None)
 
 
 def sweep_status(results: list[dict], done: int, total: int) -> str:
