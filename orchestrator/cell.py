@@ -25,6 +25,7 @@ from orchestrator.data.select import preview_rows
 from orchestrator.data.sources import check_class_sets
 from orchestrator.errors import ConfigError, OrchestratorError, disk_full_cause, disk_full_error, original_error
 from orchestrator.locks import one_process_per_cell
+from orchestrator.provenance import COMMIT_TAG, code_commit
 from orchestrator.method_spec import load_train_source, load_val_source
 from orchestrator.methods import (PreparedSet, build_training_set, build_val_set, generation_cost, method_label,
                                   needs_dynamics, soft_label_bytes, soft_label_ratio, tile_grid)
@@ -93,7 +94,8 @@ def run_cell(config: Config, *, parent_run_id: str | None = None, force: bool = 
     else:
         run_id = previous.info.run_id
         print(f"[{name}] resuming MLflow run {run_id}", flush=True)
-    tracking.set_tags(uri, run_id, {"fingerprint": data.train.fingerprint, "status_note": "training"})
+    tracking.set_tags(uri, run_id, {"fingerprint": data.train.fingerprint, "status_note": "training",
+                                    COMMIT_TAG: code_commit()})
     record_artifact_keys(uri, run_id, config, teacher, needs_dynamics(config))  # teacher_key / dynamics_key params
     try:
         summary, checkpoint_dir = fit(config, data, name, storage, uri, run_id, teacher, dynamics_dir,

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.provenance import COMMIT_ENV, code_commit
 
 REPO = Path(__file__).resolve().parents[1]
 VERBS = ("sweep", "run", "teacher")
@@ -125,7 +126,8 @@ def build_runtime_env(*, working_dir: Path, tracking_uri: str | None, extra_pip:
     (`orchestrator.runtime.init_ray`, which sets PYTHONUNBUFFERED too); without it Ray refuses to
     merge the two runtime_envs when they name the same variable.
     """
-    variables = {"PYTHONUNBUFFERED": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
+    variables = {"PYTHONUNBUFFERED": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1",
+                 COMMIT_ENV: code_commit(working_dir)}  # the upload leaves .git out
     if tracking_uri:
         variables["MLFLOW_TRACKING_URI"] = tracking_uri
     variables.update(env_vars or {})

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from orchestrator.locks import file_lock
+from orchestrator.provenance import COMMIT_ENV, code_commit
 
 LOCAL_OBJECT_STORE_BYTES = 600 * 1024**2
 # Reach every trial and worker, on every node: one tracking server, the same hub settings.
@@ -90,7 +91,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, *, verbose
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         env = {"env_vars": {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
-        env["env_vars"]["PYTHONUNBUFFERED"] = "1"
+        env["env_vars"].update(PYTHONUNBUFFERED="1", **{COMMIT_ENV: code_commit()})  # workers may lack .git
         if address:
             if on_loopback(address):
                 loopback_only()

@@ -18,6 +18,7 @@ import pytest
 from orchestrator.cluster import EXCLUDES, ClusterWarning, Submission, add_submit_parser, auth_headers, \
     build_submission, submit
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.provenance import code_commit
 from tests_paths import REPO
 
 QUICKSTART = REPO / "configs" / "sweeps" / "quickstart.yaml"
@@ -58,6 +59,7 @@ def test_runtime_env_carries_code_tracking_and_excludes():
     # the job's driver calls ray.init(runtime_env=...) too: Ray must merge, not refuse
     assert env["env_vars"]["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
     assert {".git", "/outputs", "/data", "*.db", "__pycache__"} <= set(env["excludes"])
+    assert env["env_vars"]["ORCHESTRATOR_COMMIT"] == code_commit(REPO)  # .git stays behind: its commit travels
     assert "pip" not in env  # the cluster image has the project's dependencies
 
 

@@ -39,8 +39,8 @@ SOFT_BYTES = {10: 4 * 1024**2, 50: 20 * 1024**2}
 
 
 def _log_cell(client, exp_id, *, protocol, label_mode, method, ipc, seed, top1, parent=None,
-              status="FINISHED", role="cell", end_time=None, epochs=0, fraction=False):
-    tags = {"role": role, "protocol": protocol, "fingerprint": f"fp-{method}-{ipc}-{seed}"}
+              status="FINISHED", role="cell", end_time=None, epochs=0, fraction=False, tags=None):
+    tags = {"role": role, "protocol": protocol, "fingerprint": f"fp-{method}-{ipc}-{seed}", **(tags or {})}
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(exp_id, tags=tags, run_name=f"{method}-ipc{ipc}-s{seed}")
@@ -461,6 +461,24 @@ def test_report_into_with_storage_adds_each_groups_cost_table(store, tmp_path, c
     assert filled.count(" train time (mean) ") == groups and " soft labels " in filled
     code, text = run_cli(capsys, *args, "--storage")
     assert code == 2 and "--into PAGE" in text
+
+
+def test_page_block_says_when_at_which_commits_and_on_which_devices_its_cells_ran(tmp_path):
+    from orchestrator.report.output import page_block
+    from orchestrator.report.runs import load_cell_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(EXP)
+    avx2 = {"code.commit": "abc1234", "resolved.device": "cpu: AMD EPYC (AVX2, 2 CPUs)"}
+    for seed, tags in enumerate([avx2, avx2, {"code.commit": "def5678+modified"}, None]):
+        _log_cell(client, exp_id, protocol="fmnist-hard", label_mode="hard", method="random", ipc=10, seed=seed,
+                  top1=70.0 + seed, tags=tags)
+    block = page_block(load_cell_runs(uri, EXP), metric="top1_final", origin="a test")
+    line, = [line for line in block.splitlines() if line.startswith("_Ran ")]
+    assert re.fullmatch(r"_Ran \d{4}-\d\d-\d\d \d\d:\d\d – \d{4}-\d\d-\d\d \d\d:\d\d UTC; .*\._", line), line
+    assert "code: abc1234 (2), def5678+modified (1), not recorded (1);" in line
+    assert line.endswith("devices: cpu: AMD EPYC (AVX2, 2 CPUs) (2), not recorded (2)._")
 
 
 def test_html_page_in_a_real_browser_lists_every_method_and_loads_every_image(store, df, tmp_path):

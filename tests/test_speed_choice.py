@@ -9,6 +9,7 @@ alone, and that `report` refuses to average seeds that ran at different precisio
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import mlflow
@@ -18,6 +19,7 @@ from mlflow.entities import Param, RunTag
 
 from orchestrator.config import cell_name, load_config
 from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.provenance import code_commit
 from orchestrator.report import check_artifact_keys, load_cell_runs
 from tests_paths import HARD
 from trainers import precision
@@ -83,6 +85,9 @@ def test_a_cell_logs_what_auto_resolved_to(tiny_config, tmp_path):
     assert run.data.tags["resolved.precision"] == expected and run.data.tags["resolved.eval_precision"] == expected
     assert run.data.tags["resolved.channels_last"] in ("True", "False") and run.data.tags["resolved.compile"] == "False"
     assert (config.data_root / "speed" / "calibration.json").is_file()
+    assert run.data.tags["resolved.device"] == precision.device_description("cpu")
+    assert re.fullmatch(r"cpu: .+ \((AMX, |AVX-512\+BF16, |AVX-512, |AVX2, )?\d+ CPUs\)", run.data.tags["resolved.device"])
+    assert run.data.tags["code.commit"] == code_commit() and re.fullmatch(r"[0-9a-f]{7,}(\+modified)?", code_commit())
 
 
 def test_report_refuses_to_average_seeds_of_different_precisions(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from orchestrator.errors import ConfigError
+from orchestrator.provenance import code_commit
 from orchestrator.sweep import run_sweep
 from orchestrator.sweep_config import load_sweep
 from tests_paths import REPO, cell_runs
@@ -136,6 +137,7 @@ def test_interrupted_sweep_ends_its_parent_run_killed_not_failed(tmp_path, data_
     output, _ = sweep.communicate(timeout=300)
     finished = [r for r in tiny_runs(out) if r.info.status == "FINISHED"]
     assert 1 <= len(finished) < 3, output[-3000:]
+    assert {r.data.tags["code.commit"] for r in finished} == {code_commit()}  # a Ray trial knows its code's commit
     assert [r.info.status for r in tiny_runs(out, role="sweep")] == ["KILLED"], output[-3000:]
     assert sweep.returncode == 130 and "the same command resumes it" in output, output[-3000:]
 

@@ -241,9 +241,10 @@ def build_training_state(inputs: LoopInputs, device, checkpoint_dir: Path | None
 
 
 def resolve_rank_speed(inputs: LoopInputs, model, where) -> tuple[LoopInputs, dict]:
-    """The inputs with the config's "auto" speed switches resolved for this rank's device and world."""
+    """The inputs with the config's "auto" speed switches resolved for this rank's device and world, and
+    the switches plus the device itself as the history records them (`resolved.*` tags of the cell)."""
     config, speed = resolve_speed(inputs.config, model, where.device, where.world, inputs.speed_dir)
-    return dataclasses.replace(inputs, config=config), speed
+    return dataclasses.replace(inputs, config=config), {**speed, "device": precision.device_description(where.device)}
 
 
 def resolve_speed(config: Config, model, device, world: int, speed_dir: str | None) -> tuple[Config, dict]:

@@ -85,10 +85,29 @@ def machine_key(device: torch.device | str) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        model = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
-                     "cpu")
-        name = f"{model} {hashlib.sha256(' '.join(sorted(cpu_flags())).encode()).hexdigest()[:8]}"
+        name = f"{cpu_model()} {hashlib.sha256(' '.join(sorted(cpu_flags())).encode()).hexdigest()[:8]}"
     return f"{name} torch {torch.__version__}"
+
+
+def cpu_model() -> str:
+    """This CPU's model name (Linux /proc/cpuinfo; "cpu" elsewhere)."""
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), "cpu")
+
+
+#: /proc/cpuinfo flags that name a CPU's widest vector and matrix units, best first
+ISA_LEVELS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512+BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
+def device_description(device: torch.device | str) -> str:
+    """The device a cell trained on, as a person names it beside a figure: the GPU's name, or the CPU's
+    model, its widest vector unit and the cores this process may use ("cpu: AMD EPYC (AVX2, 2 CPUs)")."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    flags = cpu_flags()
+    units = [name for flag, name in ISA_LEVELS if flag in flags][:1]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"cpu: {cpu_model()} ({', '.join([*units, f'{cores} CPUs'])})"
 
 
 def _cpuinfo_lines() -> list[str]:

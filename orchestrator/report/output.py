@@ -83,6 +83,8 @@ def page_block(df: pd.DataFrame, *, metric: str, origin: str, storage: bool = Fa
     label = METRIC_LABELS.get(metric, metric)
     parts = [f"_From {len(df)} finished cell run(s) in MLflow, {origin}: {label} "
              f"({METRIC_UNITS.get(metric, '?')}), mean {PM} std over seeds._", ""]
+    if not df.empty:
+        parts += [provenance_line(df), ""]
     for (protocol, label_mode, model), sub in iter_groups(df):
         table = paper_table(sub, metric=metric)
         if table.empty:
@@ -95,6 +97,22 @@ def page_block(df: pd.DataFrame, *, metric: str, origin: str, storage: bool = Fa
         if storage:
             parts += ["Storage, training time and generation cost:", "", markdown_table(_storage_display(sub)), ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def provenance_line(df: pd.DataFrame) -> str:
+    """When the cells ran, at which commits and on which devices, each with its count of cells (from the
+    runs' times and their `code.commit` / `resolved.device` tags; runs from before those tags count as
+    "not recorded")."""
+    first, last = df["start_time"].min(), df["end_time"].max()
+    when = f"{first:%Y-%m-%d %H:%M} – {last:%Y-%m-%d %H:%M} UTC" if pd.notna(first) and pd.notna(last) else "?"
+    return f"_Ran {when}; code: {_counted(df['commit'])}; devices: {_counted(df['device'])}._"
+
+
+def _counted(values: pd.Series) -> str:
+    """"a (3), b (1), not recorded (2)": each value with its count, most cells first."""
+    counts = values.fillna("not recorded").value_counts(sort=False)
+    ordered = sorted(counts.items(), key=lambda item: (item[0] == "not recorded", -item[1], str(item[0])))
+    return ", ".join(f"{value} ({count})" for value, count in ordered)
 
 
 def fill_page_block(page: Path, name: str, block: str) -> None:

@@ -64,12 +64,15 @@ PRECISION = "precision"
 #: columns of :func:`load_cell_runs`, in order
 CELL_COLUMNS = (
     "method", "ipc", "label_mode", "model", "seed", "protocol", *METRICS,
-    "run_id", "fingerprint", "parent_run_id", "end_time", *ARTIFACT_KEYS, PRECISION,
+    "run_id", "fingerprint", "parent_run_id", "start_time", "end_time", *ARTIFACT_KEYS, PRECISION,
+    "commit", "device",
 )
+TIMES = ("start_time", "end_time")  # run info, as datetimes
 #: CELL_COLUMNS that come from run params, tags or run info (the rest are METRICS)
 _SOURCES = {"method": "params.method", "ipc": "params.ipc", "label_mode": "params.label_mode",
             "model": "params.model", "seed": "params.seed", "fingerprint": "tags.fingerprint",
-            "parent_run_id": "tags.mlflow.parentRunId", "run_id": "run_id", "end_time": "end_time",
+            "parent_run_id": "tags.mlflow.parentRunId", "run_id": "run_id", "start_time": "start_time",
+            "end_time": "end_time", "commit": "tags.code.commit", "device": "tags.resolved.device",
             **{key: f"params.{key}" for key in ARTIFACT_KEYS}}
 
 
@@ -159,7 +162,7 @@ def _integers(values: pd.Series) -> pd.Series:
 def cells_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """:func:`mlflow.search_runs` columns -> :data:`CELL_COLUMNS` (one row per run, units as logged)."""
     out = pd.DataFrame({column: _column(runs, source) for column, source in _SOURCES.items()},
-                       index=runs.index).astype({c: object for c in _SOURCES if c != "end_time"})
+                       index=runs.index).astype({c: object for c in _SOURCES if c not in TIMES})
     protocol = _column(runs, "tags.protocol").fillna(_column(runs, "params.protocol"))
     out["protocol"] = protocol.astype(object)
     out["label_mode"] = out["label_mode"].fillna(protocol.str.extract(r"[-_](hard|soft)$")[0])
