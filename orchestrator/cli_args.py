@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from orchestrator.errors import OrchestratorError, disk_full_cause, disk_full_error
@@ -71,6 +73,7 @@ def run_parsed(args: argparse.Namespace) -> int:
 
     verbose = getattr(args, "verbose", False)
     set_console(verbose=verbose)
+    interruptible()
     try:
         return args.func(args)
     except OrchestratorError as exc:
@@ -83,6 +86,15 @@ def run_parsed(args: argparse.Namespace) -> int:
         if cause is None:
             raise
         return report_error(disk_full_error(cause, getattr(args, "output_dir", None)), verbose)
+
+
+def interruptible() -> None:
+    """SIGINT stops every verb, even one started in the background: a shell without job control starts
+    background commands with SIGINT ignored and Python keeps it ignored, so `pkill -INT` (how a sweep is
+    stopped) would otherwise reach only the phases where Ray Tune sets its own handler, not a teacher
+    the driver trains before the cells."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def report_error(error: OrchestratorError, verbose: bool) -> int:

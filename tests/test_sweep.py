@@ -142,6 +142,29 @@ def test_interrupted_sweep_ends_its_parent_run_killed_not_failed(tmp_path, data_
     assert sweep.returncode == 130 and "the same command resumes it" in output, output[-3000:]
 
 
+def test_sigint_stops_a_background_sweep_while_the_driver_trains_its_teacher(tmp_path, data_root):
+    """A sweep started from a script with `&` inherits SIGINT ignored; `pkill -INT` must still stop it
+    before Tune runs (the teacher is trained in the driver), its parent run KILLED, exit 130."""
+    path = write_sweep(tmp_path, data_root, axes={"method": ["random"], "ipc": [2], "label_mode": ["soft"],
+                                                  "seed": [0]},
+                       set={**TINY, "data.root": str(data_root), "output_dir": str(tmp_path / "out"),
+                            "teacher.epochs": 50})
+    sweep = subprocess.Popen(sweep_command(path), cwd=REPO, env=UNBUFFERED, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    lines = []
+    for line in sweep.stdout:
+        lines.append(line)
+        if "training the teacher" in line:
+            break
+    time.sleep(5)  # inside the teacher's epochs
+    sweep.send_signal(signal.SIGINT)
+    output = "".join(lines) + sweep.communicate(timeout=120)[0]
+    assert sweep.returncode == 130 and "re-run the same command to resume" in output, output[-3000:]
+    assert [r.info.status for r in tiny_runs(tmp_path / "out", role="sweep")] == ["KILLED"], output[-3000:]
+    assert tiny_runs(tmp_path / "out") == []  # no cell had started
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_redoing_finished_cells(tmp_path, data_root):
     out = tmp_path / "out"
