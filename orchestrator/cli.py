@@ -34,6 +34,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in args.overrides)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
+    if args.status:
+        return print_sweep_status(Path(args.config), overrides)
     results = load_and_run(Path(args.config), overrides, args.address, args.dry_run)
     failed = [r for r in results if r.get("error")]
     for result in failed:
@@ -44,6 +46,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               "(finished cells are skipped, started ones continue from their last checkpoint)", file=sys.stderr)
         return 130
     return 1 if failed else 0
+
+
+def print_sweep_status(path: Path, overrides: dict) -> int:
+    from orchestrator.sweep_config import load_sweep
+    from orchestrator.sweep_state import cell_states, render_states
+
+    sweep = load_sweep(path, overrides)
+    header = f"sweep {sweep.name}: {len(sweep.cells)} cells in MLflow experiment '{sweep.experiment}'"
+    print(render_states(cell_states(sweep.cells, sweep.experiment), header))
+    return 0
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
@@ -232,6 +244,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="override a config key in every cell, e.g. --set schedule.epochs=5")
     sweep.add_argument("--output-dir", help="output_dir for every cell")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded grid and resources only")
+    sweep.add_argument("--status", action="store_true",
+                       help="print each cell's state in the store (finished, training, stopped, to run) and "
+                            "stop; starts nothing")
     sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     sweep.set_defaults(func=cmd_sweep)
 

@@ -50,9 +50,27 @@ def file_lock(path: Path, what: str, quiet: bool = False) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def held_by(path: Path) -> str | None:
+    """Who holds the lock at `path` now (as its holder wrote it), or None when nobody does."""
+    try:
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return holder(path)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:  # no lock file: nobody ever held it
+        return None
+    return None
+
+
+def cell_lock_path(out: Path, cell: str) -> Path:
+    return Path(out) / "locks" / f"{cell}.lock"
+
+
 def cell_lock(out: Path, cell: str) -> contextlib.AbstractContextManager:
     """One process at a time trains a cell of an output folder; the others wait, then find it done."""
-    return file_lock(Path(out) / "locks" / f"{cell}.lock", f"cell {cell}")
+    return file_lock(cell_lock_path(out, cell), f"cell {cell}")
 
 
 def one_process_per_cell(run_cell: Callable) -> Callable:

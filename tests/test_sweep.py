@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,6 +206,36 @@ def test_asha_stops_poor_trials_early_and_records_all(ray_cluster, tmp_path, dat
     parents = {r.data.tags["mlflow.parentRunId"] for r in trials}
     search_run = tiny_runs(tmp_path / "out", role="search")
     assert len(search_run) == 1 and parents == {search_run[0].info.run_id}
+
+
+def test_status_says_what_the_store_holds_of_each_cell(tmp_path, data_root, capsys):
+    from orchestrator.cell import run_cell
+    from orchestrator.cli import main
+    from orchestrator.config import cell_name, replace
+    from orchestrator.locks import cell_lock
+
+    path = write_sweep(tmp_path, data_root, axes={"method": ["random"], "ipc": [2], "label_mode": ["hard"],
+                                                  "seed": [0, 1, 2, 3, 4]})
+    finished, training, stopped, copied, to_run = load_sweep(path).cells
+    run_cell(finished)
+    run_cell(replace(copied, {"experiment": "elsewhere"}))
+    checkpoint = stopped.out / "ray_results" / cell_name(stopped) / "checkpoint_epoch000001"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "summary.json").write_text('{"epochs_done": 1}')
+    capsys.readouterr()
+    with cell_lock(training.out, cell_name(training)):
+        code = main(["sweep", "--config", str(path), "--status"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = dict((name, (state, detail)) for name, state, detail in
+                re.findall(r"^  (\S+)\s+(finished|copied|training|stopped|to run) *(.*)$", printed, re.M))
+    assert rows[cell_name(finished)][0] == "finished" and rows[cell_name(finished)][1].startswith("top-1 ")
+    assert rows[cell_name(training)][0] == "training"
+    assert rows[cell_name(training)][1].startswith(f"no checkpoint yet; pid {os.getpid()} on host ")
+    assert rows[cell_name(stopped)] == ("stopped", "epoch 1/2: resumes there")
+    assert rows[cell_name(copied)][0] == "copied" and "experiment 'elsewhere'" in rows[cell_name(copied)][1]
+    assert rows[cell_name(to_run)] == ("to run", "")
+    assert printed.splitlines()[-1].strip() == "1 finished, 1 copied, 1 training, 1 stopped, 1 to run of 5 cells"
 
 
 def test_unknown_method_fails_before_any_cell_even_in_a_dry_run(tmp_path, data_root, capsys):
