@@ -10,7 +10,7 @@ runs, from another terminal) a researcher asks what is done and what is left. Ea
     to run     nothing of it in the store yet
 
 followed by one line of counts. The same store (`--output-dir`, or each cell's `output_dir`) the sweep
-writes; nothing is written.
+writes; nothing is written there, not even an empty store.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def cell_states(cells: list[Config], experiment: str) -> list[CellState]:
     """Each cell's state in its store (every cell of a sweep shares one output folder and tracking URI)."""
     if not cells:
         return []
-    uri = tracking.tracking_uri(cells[0])
+    uri = tracking.store_uri(cells[0].out)
+    if _missing_sqlite_store(uri):  # opening it would create it: nothing has run there
+        return [_state(config, None, None, {}) for config in cells]
     client = tracking.retrying_client(uri)
     found = client.get_experiment_by_name(experiment)
     runs = _newest_cell_runs(client, [found.experiment_id]) if found else {}
@@ -48,6 +50,10 @@ def cell_states(cells: list[Config], experiment: str) -> list[CellState]:
     elsewhere = _newest_cell_runs(client, list(others), finished=True) if others else {}
     return [_state(config, runs.get(cell_name(config)), elsewhere.get(cell_name(config)), others)
             for config in cells]
+
+
+def _missing_sqlite_store(uri: str) -> bool:
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).is_file()
 
 
 def _newest_cell_runs(client, experiment_ids: list[str], finished: bool = False) -> dict:

@@ -29,13 +29,16 @@ KNOWN_LOCATIONS_KEPT = 20  # output folders recorded per experiment, newest firs
 
 
 def default_uri(output_dir: Path) -> str:
-    """MLFLOW_TRACKING_URI when set, else a SQLite file in the output dir (absolute 4-slash URI)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    out = Path(output_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{out / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI when set, else a SQLite file in the output dir (absolute 4-slash URI), the
+    folder created if missing."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        Path(output_dir).expanduser().resolve().mkdir(parents=True, exist_ok=True)
+    return store_uri(output_dir)
+
+
+def store_uri(output_dir: Path) -> str:
+    """`default_uri` without creating anything."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(output_dir).expanduser().resolve() / 'mlflow.db'}"
 
 
 def tracking_uri(config: Config) -> str:
