@@ -45,6 +45,7 @@ export_cells() {
 
 for name in "$@"; do
   experiment=$(experiment_of "$name") || exit 1
+  echo "$name: $(python -m orchestrator sweep --config "configs/sweeps/$name.yaml" --output-dir "$out" --status | tail -1)"
   (while sleep 600; do export_cells "$experiment"; done) &
   exporter=$!
   python -m orchestrator sweep --config "configs/sweeps/$name.yaml" --output-dir "$out" > "$out/../$name.log" 2>&1
