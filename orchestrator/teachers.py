@@ -158,7 +158,9 @@ def read_teacher_meta(path: Path) -> dict:
 
 
 def artifact_params(config: Config, teacher: str | None, uses_dynamics: bool) -> tuple[dict, dict]:
-    """(params, tags) a cell records: the keys of the teacher and dynamics it used, and the teacher file.
+    """(params, tags) a cell records: the keys of the teacher and dynamics it used, and the teacher file
+    (its path and the sha256 of its bytes: a teacher trained again to the same recipe on another machine
+    has the same key but, its floating-point sums differing, other weights).
 
     `teacher` is resolve_teacher's spec (None for hard labels). A hub teacher is keyed by its name,
     a given file by the key in its meta (or its sha256 when it has none).
@@ -168,6 +170,9 @@ def artifact_params(config: Config, teacher: str | None, uses_dynamics: bool) ->
         params["teacher_key"] = (hub_teacher_key(teacher) if teacher.startswith("timm:")
                                  else file_teacher_key(Path(teacher)))
         tags["teacher_path"] = teacher
+        weights = Path(teacher.partition("@")[2] if teacher.startswith("timm:") else teacher)
+        if weights.is_file():  # the recipe's key names how it was trained; this, which file it was
+            tags["teacher_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     if uses_dynamics:
         params["dynamics_key"] = dynamics_key(config)
     return params, tags

@@ -7,6 +7,7 @@ the driver before training, with the fix. The end-to-end test trains a real
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 
@@ -146,6 +147,7 @@ def test_a_teacher_of_other_settings_is_never_picked_up(ray_cluster, cache_confi
     params = MlflowClient(tracking_uri(config)).get_run(soft.run_id).data
     assert params.params["teacher_key"] == teacher_key(config) and "dynamics_key" not in params.params
     assert params.tags["teacher_path"] == str(path)
+    assert params.tags["teacher_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     hard = run_cell(pruning)
     params = MlflowClient(tracking_uri(config)).get_run(hard.run_id).data.params
     assert params["dynamics_key"] == dynamics_key(pruning) and "teacher_key" not in params
