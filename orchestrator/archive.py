@@ -6,6 +6,8 @@ machines and sessions. `archive export` writes each FINISHED cell run of an expe
 deterministic so that a file changes only when its run does: the files are kept in git
 (`results/runs/`). `archive import` recreates those runs in any store, through MLflow's own client; a
 sweep then skips the cells they hold (their runs are FINISHED) and `report` reads them like any run.
+`export-artifacts` / `import-artifacts` do the same for the store's teachers and training dynamics
+(`orchestrator.artifact_archive`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ def import_archive(uri: str, paths: Iterable[Path], artifact_root: Path) -> tupl
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
+    if args.archive_verb in ("export-artifacts", "import-artifacts"):
+        return cmd_artifacts(args)
     if args.archive_verb == "export":
         uri, _ = tracking.experiment_store(args.experiment, args.output_dir, args.tracking_uri)
         written = export_experiment(uri, args.experiment, Path(args.to))
@@ -113,6 +117,23 @@ def cmd_archive(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or tracking.default_uri(output_dir)
     created, skipped = import_archive(uri, [Path(p) for p in args.paths], output_dir)
     print(f"imported {created} runs into {uri}; {skipped} cells were already finished there")
+    return 0
+
+
+def cmd_artifacts(args: argparse.Namespace) -> int:
+    from orchestrator.artifact_archive import export_artifacts, import_artifacts, sweep_prerequisites
+
+    output_dir, folder = Path(args.output_dir).resolve(), Path(args.folder)
+    if args.archive_verb == "export-artifacts":
+        if not args.sweep:
+            raise OrchestratorError("export-artifacts needs --sweep configs/sweeps/NAME.yaml: it copies the "
+                                    "teachers and dynamics that sweep's cells need")
+        wanted = [path for sweep in args.sweep for path in sweep_prerequisites(Path(sweep), output_dir)]
+        copied = export_artifacts(output_dir, folder, wanted)
+        print(f"{len(copied)} teacher and dynamics files of {output_dir} copied to {folder}")
+    else:
+        copied = import_artifacts(folder, output_dir)
+        print(f"{len(copied)} teacher and dynamics files of {folder} copied into {output_dir}")
     return 0
 
 
@@ -131,5 +152,16 @@ def add_archive_parser(subparsers) -> argparse.ArgumentParser:
                          help=f"archive files or folders (default {DEFAULT_FOLDER})")
     imports.add_argument("--output-dir", default="outputs", help="the store's folder (default ./outputs)")
     imports.add_argument("--tracking-uri")
+    from orchestrator.artifact_archive import DEFAULT_ARTIFACTS
+
+    for verb, text in (("export-artifacts", "copy a store's teachers and sealed training dynamics to FOLDER"),
+                       ("import-artifacts", "copy archived teachers and dynamics a store lacks into it")):
+        artifacts = verbs.add_parser(verb, help=text)
+        artifacts.add_argument("folder", nargs="?", default=str(DEFAULT_ARTIFACTS),
+                               help=f"the artifacts folder (default {DEFAULT_ARTIFACTS})")
+        artifacts.add_argument("--output-dir", default="outputs", help="the store's folder (default ./outputs)")
+        if verb == "export-artifacts":
+            artifacts.add_argument("--sweep", action="append", metavar="SWEEP_YAML",
+                                   help="copy what this sweep's cells need (repeatable)")
     parser.set_defaults(func=cmd_archive)
     return parser

@@ -106,6 +106,15 @@ def missing_runs(config: Config) -> list[int]:
     return missing
 
 
+def prerequisite_paths(config: Config) -> list[Path]:
+    """Where what `ensure_prerequisites` trains for a cell lies: the score runs' dynamics folders (a
+    pruning method), the teacher file (soft labels), its method's teachers' files (distillation)."""
+    paths = [dynamics_dir(config, run) for run in range(config.prune.score_runs)] if needs_dynamics(config) else []
+    if config.label_mode == "soft" and config.teacher.source == "auto":
+        paths.append(teacher_path(config))
+    return paths + [teacher_path(teacher) for teacher in method_for(config).teachers(config)]
+
+
 def ensure_prerequisites(config: Config, parent_run_id: str | None = None) -> None:
     """Train the teacher and score runs a soft cell or a pruning method needs, when missing, and
     the extra teachers the cell's method makes its set with (a distillation teacher); their runs are

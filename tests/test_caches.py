@@ -161,3 +161,23 @@ def test_a_teacher_of_other_settings_is_never_picked_up(ray_cluster, cache_confi
     with pytest.raises(CheckpointError, match="unreadable.*teacher --force"):
         run_cell(replace(config, {"seed": 1}))
     assert missing_runs(config) == [0]
+
+
+@pytest.mark.slow
+def test_archived_teacher_and_dynamics_spare_a_new_store_their_training(ray_cluster, cache_config, tmp_path):
+    from orchestrator.artifact_archive import export_artifacts, import_artifacts
+    from orchestrator.teacher_job import prerequisite_paths
+
+    config = replace(cache_config(), {"data.method": "el2n"})  # soft labels and a pruning rule: both
+    train_teacher(config)
+    archive = tmp_path / "artifacts"
+    copied = export_artifacts(config.out, archive, prerequisite_paths(config))
+    assert {path.parts[0] for path in copied} == {"teachers", "dynamics"} and copied[-1].name == "manifest.json"
+    assert export_artifacts(config.out, archive, prerequisite_paths(config)) == []  # nothing changed since
+    fresh = replace(config, {"output_dir": str(tmp_path / "fresh")})
+    assert missing_runs(fresh) == [0]
+    assert sorted(import_artifacts(archive, fresh.out)) == sorted(copied)
+    assert missing_runs(fresh) == []  # a sweep there trains neither the teacher nor the score run
+    assert teacher_path(fresh).read_bytes() == teacher_path(config).read_bytes()
+    teacher_path(fresh).write_bytes(b"trained here")  # a store's own teacher is never replaced
+    assert import_artifacts(archive, fresh.out) == [] and teacher_path(fresh).read_bytes() == b"trained here"
