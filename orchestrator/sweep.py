@@ -138,8 +138,12 @@ def cell_trial(params: dict) -> None:
                  "skipped": result.skipped, "cell": result.name})
 
 
-def trial_cell(trial_config: dict) -> str:
-    return cell_name(config_from_dict(trial_config["cell"]))
+NOT_STARTED = "(a cell that had not started)"
+
+
+def trial_cell(trial_config: dict | None) -> str:
+    """The trial's cell name; a trial stopped before it began (Ctrl-C as the grid starts) has no config."""
+    return cell_name(config_from_dict(trial_config["cell"])) if trial_config else NOT_STARTED
 
 
 def run_grid(sweep: Sweep, parent_id: str, progress: SweepProgress) -> list[dict]:

@@ -238,6 +238,17 @@ def test_status_says_what_the_store_holds_of_each_cell(tmp_path, data_root, caps
     assert printed.splitlines()[-1].strip() == "1 finished, 1 copied, 1 training, 1 stopped, 1 to run of 5 cells"
 
 
+def test_a_trial_stopped_before_it_began_is_an_outcome_not_a_crash(tmp_path):
+    """Ctrl-C just as the grid starts: Tune's result for a trial that never ran has no metrics, so no config."""
+    from ray.tune import Result
+
+    from orchestrator.sweep import NOT_STARTED, cells_done, sweep_status, trial_outcome
+
+    outcome = trial_outcome(Result(metrics={}, checkpoint=None, error=None, path=str(tmp_path)), tmp_path)
+    assert outcome == {"cell": NOT_STARTED, "error": None}
+    assert sweep_status([outcome], cells_done([outcome]), 1) == "KILLED"
+
+
 def test_unknown_method_fails_before_any_cell_even_in_a_dry_run(tmp_path, data_root, capsys):
     from orchestrator.cli import main
 
