@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from orchestrator import tracking
@@ -106,8 +106,6 @@ def import_archive(uri: str, paths: Iterable[Path], artifact_root: Path) -> tupl
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    if args.archive_verb in ("export-artifacts", "import-artifacts"):
-        return cmd_artifacts(args)
     if args.archive_verb == "export":
         uri, _ = tracking.experiment_store(args.experiment, args.output_dir, args.tracking_uri)
         written = export_experiment(uri, args.experiment, Path(args.to))
@@ -120,24 +118,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_artifacts(args: argparse.Namespace) -> int:
-    from orchestrator.artifact_archive import export_artifacts, import_artifacts, sweep_prerequisites
-
-    output_dir, folder = Path(args.output_dir).resolve(), Path(args.folder)
-    if args.archive_verb == "export-artifacts":
-        if not args.sweep:
-            raise OrchestratorError("export-artifacts needs --sweep configs/sweeps/NAME.yaml: it copies the "
-                                    "teachers and dynamics that sweep's cells need")
-        wanted = [path for sweep in args.sweep for path in sweep_prerequisites(Path(sweep), output_dir)]
-        copied = export_artifacts(output_dir, folder, wanted)
-        print(f"{len(copied)} teacher and dynamics files of {output_dir} copied to {folder}")
-    else:
-        copied = import_artifacts(folder, output_dir)
-        print(f"{len(copied)} teacher and dynamics files of {folder} copied into {output_dir}")
-    return 0
-
-
-def add_archive_parser(subparsers) -> argparse.ArgumentParser:
+def add_archive_parser(subparsers, more_verbs: Iterable[Callable] = ()) -> argparse.ArgumentParser:
     """Add the `archive` verb (export / import) to the CLI's sub-parsers."""
     parser = subparsers.add_parser("archive", help="finished cells as JSON files (kept in git) and back into "
                                                    "an MLflow store")
@@ -152,16 +133,7 @@ def add_archive_parser(subparsers) -> argparse.ArgumentParser:
                          help=f"archive files or folders (default {DEFAULT_FOLDER})")
     imports.add_argument("--output-dir", default="outputs", help="the store's folder (default ./outputs)")
     imports.add_argument("--tracking-uri")
-    from orchestrator.artifact_archive import DEFAULT_ARTIFACTS
-
-    for verb, text in (("export-artifacts", "copy a store's teachers and sealed training dynamics to FOLDER"),
-                       ("import-artifacts", "copy archived teachers and dynamics a store lacks into it")):
-        artifacts = verbs.add_parser(verb, help=text)
-        artifacts.add_argument("folder", nargs="?", default=str(DEFAULT_ARTIFACTS),
-                               help=f"the artifacts folder (default {DEFAULT_ARTIFACTS})")
-        artifacts.add_argument("--output-dir", default="outputs", help="the store's folder (default ./outputs)")
-        if verb == "export-artifacts":
-            artifacts.add_argument("--sweep", action="append", metavar="SWEEP_YAML",
-                                   help="copy what this sweep's cells need (repeatable)")
+    for add_verbs in more_verbs:  # verbs defined where archive cannot import (artifact_archive)
+        add_verbs(verbs)
     parser.set_defaults(func=cmd_archive)
     return parser

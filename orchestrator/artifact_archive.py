@@ -19,6 +19,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from orchestrator.errors import OrchestratorError
+
 DEFAULT_ARTIFACTS = Path("results/artifacts")
 MANIFEST = "manifest.json"
 
@@ -74,3 +76,32 @@ def _copy(source: Path, target: Path, *, replace: bool) -> bool:
     shutil.copyfile(source, partial)
     os.replace(partial, target)  # a reader never sees half a file
     return True
+
+
+def cmd_artifacts(args) -> int:
+    output_dir, folder = Path(args.output_dir).resolve(), Path(args.folder)
+    if args.archive_verb == "import-artifacts":
+        copied = import_artifacts(folder, output_dir)
+        print(f"{len(copied)} teacher and dynamics files of {folder} copied into {output_dir}")
+        return 0
+    if not args.sweep:
+        raise OrchestratorError("export-artifacts needs --sweep configs/sweeps/NAME.yaml: it copies the teachers "
+                                "and dynamics that sweep's cells need")
+    wanted = [path for sweep in args.sweep for path in sweep_prerequisites(Path(sweep), output_dir)]
+    copied = export_artifacts(output_dir, folder, wanted)
+    print(f"{len(copied)} teacher and dynamics files of {output_dir} copied to {folder}")
+    return 0
+
+
+def add_artifact_verbs(verbs) -> None:
+    """`archive export-artifacts` and `archive import-artifacts`, added to the `archive` verb's sub-parsers."""
+    for verb, text in (("export-artifacts", "copy the teachers and sealed dynamics a sweep needs from a store"),
+                       ("import-artifacts", "copy archived teachers and dynamics a store lacks into it")):
+        parser = verbs.add_parser(verb, help=text)
+        parser.add_argument("folder", nargs="?", default=str(DEFAULT_ARTIFACTS),
+                            help=f"the artifacts folder (default {DEFAULT_ARTIFACTS})")
+        parser.add_argument("--output-dir", default="outputs", help="the store's folder (default ./outputs)")
+        if verb == "export-artifacts":
+            parser.add_argument("--sweep", action="append", metavar="SWEEP_YAML",
+                                help="copy what this sweep's cells need (repeatable)")
+        parser.set_defaults(func=cmd_artifacts)

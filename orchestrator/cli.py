@@ -263,6 +263,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     distill.set_defaults(func=cmd_distill)
 
     from orchestrator.archive import add_archive_parser
+    from orchestrator.artifact_archive import add_artifact_verbs
     from orchestrator.bench import add_bench_parser
     from orchestrator.cluster import add_submit_parser
     from orchestrator.prune_job import add_prune_parser
@@ -272,7 +273,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_bench_parser(verbs)
     add_submit_parser(verbs)
     add_rethinkdc_parser(verbs)
-    add_archive_parser(verbs)
+    add_archive_parser(verbs, more_verbs=[add_artifact_verbs])
 
     data = verbs.add_parser("data", help="dataset utilities").add_subparsers(dest="data_verb", required=True)
     prepare = data.add_parser("prepare", help="convert a dataset into the benchmark schema")
