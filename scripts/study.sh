@@ -50,12 +50,18 @@ export_cells() {  # EXPERIMENT SWEEP_NAME
     2>/dev/null | tail -1
 }
 
-for name in "$@"; do
-  experiment=$(experiment_of "$name") || exit 1
-  echo "$name: $(python -m orchestrator sweep --config "configs/sweeps/$name.yaml" --output-dir "$out" --status | tail -1)"
-  (while sleep 600; do export_cells "$experiment" "$name"; done) &
-  exporter=$!
-  python -m orchestrator sweep --config "configs/sweeps/$name.yaml" --output-dir "$out" > "$out/../$name.log" 2>&1
-  kill "$exporter" 2>/dev/null
-  export_cells "$experiment" "$name"
-done
+run_sweeps() {
+  for name in "$@"; do
+    experiment=$(experiment_of "$name") || exit 1
+    echo "$name: $(python -m orchestrator sweep --config "configs/sweeps/$name.yaml" --output-dir "$out" --status | tail -1)"
+    (while sleep 600; do export_cells "$experiment" "$name"; done) &
+    exporter=$!
+    python -m orchestrator sweep --config "configs/sweeps/$name.yaml" --output-dir "$out" > "$out/../$name.log" 2>&1
+    kill "$exporter" 2>/dev/null
+    export_cells "$experiment" "$name"
+  done
+}
+
+# one line: bash has read it whole before the sweeps start, so editing this file under a running study
+# (bash reads a script as it goes) changes nothing of it
+run_sweeps "$@"; exit $?
