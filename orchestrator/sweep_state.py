@@ -4,7 +4,7 @@ A study's sweeps run for days, stopped and resumed across sessions; before resum
 runs, from another terminal) a researcher asks what is done and what is left. Each cell is one of:
 
     finished   its MLflow run is FINISHED (top-1 after the last epoch, and when it ended)
-    copied     not in this experiment, but FINISHED in another one of the store: the sweep copies it
+    to copy    not in this experiment, but FINISHED in another one of the store: the sweep copies it
     training   a process holds the cell's lock now (who, since when; the epoch of its last checkpoint)
     stopped    started, not finished, nobody trains it: the sweep resumes it from its last checkpoint
     to run     nothing of it in the store yet
@@ -25,7 +25,7 @@ from orchestrator import tracking
 from orchestrator.config import Config, cell_name
 from orchestrator.locks import cell_lock_path, held_by
 
-STATES = ("finished", "copied", "training", "stopped", "to run")
+STATES = ("finished", "to copy", "training", "stopped", "to run")
 CHECKPOINT_EPOCH = re.compile(r"checkpoint_epoch0*(\d+)$")
 
 
@@ -77,7 +77,7 @@ def _state(config: Config, run, elsewhere, experiment_names: dict[str, str]) -> 
     if holder:
         return CellState(name, "training", f"{progress}; {holder}")
     if run is None and elsewhere is not None:
-        return CellState(name, "copied", f"finished in experiment {experiment_names[elsewhere.info.experiment_id]!r}: "
+        return CellState(name, "to copy", f"finished in experiment {experiment_names[elsewhere.info.experiment_id]!r}: "
                                          f"{_finished_detail(elsewhere)}")
     if run is not None or epochs:
         return CellState(name, "stopped", f"{progress}: resumes there")

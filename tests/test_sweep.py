@@ -228,14 +228,14 @@ def test_status_says_what_the_store_holds_of_each_cell(tmp_path, data_root, caps
     printed = capsys.readouterr().out
     assert code == 0, printed
     rows = dict((name, (state, detail)) for name, state, detail in
-                re.findall(r"^  (\S+)\s+(finished|copied|training|stopped|to run) *(.*)$", printed, re.M))
+                re.findall(r"^  (\S+)\s+(finished|to copy|training|stopped|to run) *(.*)$", printed, re.M))
     assert rows[cell_name(finished)][0] == "finished" and rows[cell_name(finished)][1].startswith("top-1 ")
     assert rows[cell_name(training)][0] == "training"
     assert rows[cell_name(training)][1].startswith(f"no checkpoint yet; pid {os.getpid()} on host ")
     assert rows[cell_name(stopped)] == ("stopped", "epoch 1/2: resumes there")
-    assert rows[cell_name(copied)][0] == "copied" and "experiment 'elsewhere'" in rows[cell_name(copied)][1]
+    assert rows[cell_name(copied)][0] == "to copy" and "experiment 'elsewhere'" in rows[cell_name(copied)][1]
     assert rows[cell_name(to_run)] == ("to run", "")
-    assert printed.splitlines()[-1].strip() == "1 finished, 1 copied, 1 training, 1 stopped, 1 to run of 5 cells"
+    assert printed.splitlines()[-1].strip() == "1 finished, 1 to copy, 1 training, 1 stopped, 1 to run of 5 cells"
 
 
 def test_a_trial_stopped_before_it_began_is_an_outcome_not_a_crash(tmp_path):
