@@ -86,7 +86,8 @@ def test_a_cell_logs_what_auto_resolved_to(tiny_config, tmp_path):
     assert run.data.tags["resolved.channels_last"] in ("True", "False") and run.data.tags["resolved.compile"] == "False"
     assert (config.data_root / "speed" / "calibration.json").is_file()
     assert run.data.tags["resolved.device"] == precision.device_description("cpu")
-    assert re.fullmatch(r"cpu: .+ \((AMX, |AVX-512\+BF16, |AVX-512, |AVX2, )?\d+ CPUs\)", run.data.tags["resolved.device"])
+    device = run.data.tags["resolved.device"]
+    assert re.fullmatch(r"cpu: .+ \((AMX, |AVX-512\+BF16, |AVX-512, |AVX2, )?\d+ CPUs\)", device)
     assert run.data.tags["code.commit"] == code_commit() and re.fullmatch(r"[0-9a-f]{7,}(\+modified)?", code_commit())
 
 
