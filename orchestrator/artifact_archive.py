@@ -2,8 +2,9 @@
 kept in git (`results/artifacts/`), and back into any store.
 
 On a new machine a sweep otherwise trains its teachers and score runs again (~25 min on 2 CPUs) and,
-the new CPU summing in another order, gets other weights under the same keys (docs/protocol.md §Teachers
-and caches): the sets it then distils and prunes differ from those the archived cells were trained on.
+the new CPU summing in another order, gets other weights under the same keys
+(docs/protocol.md §Teachers and caches): the sets it then distils and prunes differ from those the
+archived cells were trained on.
 Copied back, the sweep finds them (a teacher file by its key, dynamics verified against their manifest)
 and trains none. Only sealed dynamics travel (a `manifest.json`: every epoch written, each file's
 sha256), their manifest copied last. Export copies a file where the archive lacks it or holds other

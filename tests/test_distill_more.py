@@ -161,8 +161,16 @@ def test_directed_weight_adjustment_raises_the_real_batch_loss(teacher, real_ima
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # the teacher is untouched
     buffers = dict(adjusted.named_buffers())
     assert all(torch.equal(buffers[k], v) for k, v in teacher.named_buffers())  # BN targets: the original's
-    moved = sum(torch.linalg.vector_norm(a - b) ** 2 for a, b in zip(adjusted.parameters(), teacher.parameters()))
-    assert moved.sqrt().item() == pytest.approx(0.05, rel=0.05)  # steps of rho / K along unit gradients
+    # K steps of rho / K along unit gradients: rho in all only where the K gradients are parallel (how far
+    # they turn depends on the teacher, trained in the fixture on this machine's CPU); one step is exactly rho
+    assert 0.05 / 3 < distance(adjusted, teacher) <= 0.05 * (1 + 1e-5)
+    one_step = directed_weight_adjustment(teacher, images, labels, rho=0.05, steps=1)
+    assert distance(one_step, teacher) == pytest.approx(0.05, rel=1e-5)
+
+
+def distance(model: torch.nn.Module, other: torch.nn.Module) -> float:
+    squares = sum(torch.linalg.vector_norm(a - b) ** 2 for a, b in zip(model.parameters(), other.parameters()))
+    return squares.sqrt().item()
 
 
 def test_dwa_starts_from_real_images_and_differs_from_sre2l(teacher, real_images):  # noqa: F811
