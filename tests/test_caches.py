@@ -122,7 +122,7 @@ def test_report_refuses_to_average_seeds_with_different_teachers() -> None:
 
 
 @pytest.mark.slow
-def test_a_teacher_of_other_settings_is_never_picked_up(ray_cluster, cache_config):
+def test_a_teacher_of_other_settings_is_never_picked_up(ray_cluster, cache_config, tmp_path):
     config = cache_config()
     path = train_teacher(config)
     assert path == teacher_path(config) and teacher_meta(path)["teacher_key"] == teacher_key(config)
@@ -155,6 +155,9 @@ def test_a_teacher_of_other_settings_is_never_picked_up(ray_cluster, cache_confi
     assert cells.at[soft.run_id, "teacher_key"] == teacher_key(config)
     assert np.all(cells["dynamics_key"].isna() == (cells["method"] != "el2n"))
 
+    archived_teacher_and_dynamics_spare_a_new_store_their_training(replace(config, {"data.method": "el2n"}),
+                                                                   tmp_path)
+
     # a teacher file cut in half: refused in the driver, before any training, with the fix
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
@@ -163,15 +166,13 @@ def test_a_teacher_of_other_settings_is_never_picked_up(ray_cluster, cache_confi
     assert missing_runs(config) == [0]
 
 
-@pytest.mark.slow
-def test_archived_teacher_and_dynamics_spare_a_new_store_their_training(ray_cluster, cache_config, tmp_path):
+def archived_teacher_and_dynamics_spare_a_new_store_their_training(config, tmp_path) -> None:
+    """`archive export-artifacts` / `import-artifacts` on a store holding a trained teacher and score run."""
     from orchestrator.artifact_archive import export_artifacts, import_artifacts
     from orchestrator.teacher_job import prerequisite_paths
 
-    config = replace(cache_config(), {"data.method": "el2n"})  # soft labels and a pruning rule: both
-    train_teacher(config)
     archive = tmp_path / "artifacts"
-    copied = export_artifacts(config.out, archive, prerequisite_paths(config))
+    copied = export_artifacts(config.out, archive, prerequisite_paths(config))  # soft el2n: teacher and dynamics
     assert {path.parts[0] for path in copied} == {"teachers", "dynamics"} and copied[-1].name == "manifest.json"
     assert export_artifacts(config.out, archive, prerequisite_paths(config)) == []  # nothing changed since
     fresh = replace(config, {"output_dir": str(tmp_path / "fresh")})
