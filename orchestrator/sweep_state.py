@@ -94,13 +94,16 @@ def _finished_detail(run) -> str:
 
 def _checkpoint_epoch(run_dir: Path) -> int:
     """Epochs done at the cell's newest checkpoint (its summary, else the folder's name); 0 without one."""
-    checkpoints = sorted(run_dir.glob("checkpoint_*")) if run_dir.is_dir() else []
-    if not checkpoints:
+    from trainers.loop import SUMMARY_FILE
+    from trainers.reporting import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
         return 0
     try:
-        return int(json.loads((checkpoints[-1] / "summary.json").read_text())["epochs_done"])
+        return int(json.loads((checkpoint / SUMMARY_FILE).read_text())["epochs_done"])
     except (OSError, ValueError, KeyError, TypeError):
-        match = CHECKPOINT_EPOCH.search(checkpoints[-1].name)
+        match = CHECKPOINT_EPOCH.search(checkpoint.name)
         return int(match.group(1)) if match else 0
 
 
